@@ -1,0 +1,44 @@
+# N3Hub developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint format migrate clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "N3Hub needs Python 3.11 or newer (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv and install the pinned dependencies
+
+run: venv ## Run the stack in the foreground: Redis (if none answers), web on :5000, a worker
+	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
+	flask --app app db upgrade
+	if python -m scripts.local_redis check; then honcho start web worker; else honcho start; fi
+
+test: venv lint ## Run the linters and the whole test suite
+	pytest $(PYTEST_ARGS)
+
+lint: venv ## Check style with ruff
+	ruff check .
+	ruff format --check .
+
+format: venv ## Reformat the code with ruff
+	ruff check --fix .
+	ruff format .
+
+migrate: venv ## Upgrade the configured database to the newest schema
+	flask --app app db upgrade
+
+clean: ## Remove the virtualenv, local data and caches
+	rm -rf $(VENV) var instance .pytest_cache .ruff_cache .coverage htmlcov

@@ -1,0 +1,27 @@
+"""N3Hub: a message-processing service. ``create_app`` builds the Flask app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from app import api, database, dispatch, logs, metrics, processing
+from app.celery_app import celery_init_app
+from app.config import INSTANCE_DIR, load_config
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Build the app from the environment, with ``overrides`` on top (used by tests)."""
+    app = Flask(__name__, instance_path=str(INSTANCE_DIR))
+    app.config.update(load_config())
+    app.config.update(overrides or {})
+    app.json.sort_keys = False
+    logs.init_app(app)
+    database.init_app(app)
+    processing.init_app(app)
+    celery_init_app(app)
+    dispatch.init_app(app)
+    metrics.init_app(app)
+    api.init_app(app)
+    return app

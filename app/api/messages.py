@@ -1,0 +1,95 @@
+"""The ``/messages`` endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from app import lifecycle, queries
+from app.api.errors import APIError
+from app.api.payloads import MAX_ID, json_object, message_content, positive_int, status_filter
+from app.models import MessageStatus
+
+bp = Blueprint("messages", __name__, url_prefix="/messages")
+
+PUBLIC_FIELDS = (
+    "id",
+    "status",
+    "content",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "last_error",
+    "result",
+)
+
+
+def message_out(row: dict[str, Any]) -> dict[str, Any]:
+    """The public JSON shape of a message row."""
+    return {
+        field: row[field].isoformat() if isinstance(row[field], datetime) else row[field]
+        for field in PUBLIC_FIELDS
+    }
+
+
+def _existing(message_id: int) -> dict[str, Any]:
+    row = queries.get_message(message_id) if message_id <= MAX_ID else None
+    if row is None:
+        raise APIError(404, "not_found", f"Message {message_id} does not exist.")
+    return row
+
+
+@bp.post("")
+def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Store a message; it is committed before this answers, then queued for processing."""
+    content = message_content(json_object(request))
+    row = lifecycle.create_message(content)
+    current_app.extensions["drain_requests"].request()
+    location = url_for("messages.get_message", message_id=row["id"])
+    return message_out(row), 201, {"Location": location}
+
+
+@bp.get("")
+def list_messages() -> dict[str, Any]:
+    """Messages newest first, one page at a time; ``?status=`` filters."""
+    config = current_app.config
+    limit = positive_int(request.args, "limit", config["PAGE_SIZE"], config["MAX_PAGE_SIZE"])
+    cursor = positive_int(request.args, "cursor", None, MAX_ID)
+    page = queries.list_messages(limit, cursor, status_filter(request.args))
+    return {
+        "messages": [message_out(row) for row in page.messages],
+        "limit": limit,
+        "next_cursor": str(page.next_cursor) if page.next_cursor is not None else None,
+    }
+
+
+@bp.get("/stats")
+def get_stats() -> dict[str, int]:
+    """Counts by status; ``total`` is their sum."""
+    return queries.message_stats()
+
+
+@bp.get("/<int:message_id>")
+def get_message(message_id: int) -> dict[str, Any]:
+    """One message with its processing facts."""
+    return message_out(_existing(message_id))
+
+
+@bp.post("/<int:message_id>/retry")
+def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
+    """Put a failed message back to pending; 409 for any other status."""
+    current = _existing(message_id)
+    row = lifecycle.retry_failed(message_id)
+    if row is None:
+        raise APIError(
+            409,
+            "conflict",
+            f"Only failed messages can be retried; message {message_id} is {current['status']}.",
+            {"status": current["status"], "retryable_status": MessageStatus.FAILED.value},
+        )
+    current_app.extensions["drain_requests"].request()
+    return message_out(row), 202

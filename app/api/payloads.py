@@ -1,0 +1,80 @@
+"""Parsing and validation of request bodies and query strings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Request
+
+from app.api.errors import APIError, validation_error
+from app.models import MessageStatus
+
+# Ids and cursors beyond a signed 64-bit integer cannot exist in either database.
+MAX_ID = 2**63 - 1
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 4xx APIError saying what is wrong."""
+    if request.mimetype != "application/json":
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            "Send the body as JSON with Content-Type: application/json.",
+        )
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise APIError(400, "invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise validation_error("The body must be a JSON object.", {"got": type(body).__name__})
+    return body
+
+
+def message_content(body: dict[str, Any]) -> str:
+    """The ``content`` field: a non-empty string of valid, storable Unicode."""
+    if "content" not in body:
+        raise validation_error("'content' is required.", {"field": "content"})
+    content = body["content"]
+    if not isinstance(content, str):
+        raise validation_error("'content' must be a string.", {"field": "content"})
+    if not content:
+        raise validation_error("'content' must not be empty.", {"field": "content"})
+    if "\x00" in content:
+        raise validation_error("'content' must not contain NUL characters.", {"field": "content"})
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise validation_error(
+            "'content' contains an unpaired surrogate, which is not valid Unicode.",
+            {"field": "content"},
+        ) from None
+    return content
+
+
+def positive_int(args: dict[str, str], name: str, default: int | None, maximum: int) -> int | None:
+    """An optional query parameter that must be an integer in 1..maximum."""
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise validation_error(
+            f"'{name}' must be an integer from 1 to {maximum}.", {"field": name, "got": raw}
+        )
+    return int(raw)
+
+
+def status_filter(args: dict[str, str]) -> MessageStatus | None:
+    """The optional ``status`` filter, one of the known statuses."""
+    raw = args.get("status")
+    if raw is None:
+        return None
+    try:
+        return MessageStatus(raw)
+    except ValueError:
+        allowed = [status.value for status in MessageStatus]
+        raise validation_error(
+            f"Unknown status {raw!r}; use one of: {', '.join(allowed)}.",
+            {"field": "status", "allowed": allowed},
+        ) from None

@@ -1,0 +1,118 @@
+"""Database engine set-up, transaction helpers and schema upgrades on start.
+
+SQLite is shared by the web processes and the workers, so every connection uses
+WAL (readers never block the writer), a busy timeout (writers queue instead of
+failing), and write transactions that take the write lock at BEGIN, which avoids
+SQLite's instant SQLITE_BUSY when a reading transaction later tries to write.
+Pooled connections are dropped in forked children (Gunicorn, Celery prefork).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+from flask_migrate import upgrade
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app.extensions import db, migrate
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+WRITE_OPTION = "n3hub_write"
+# Any constant works; it only has to be the same in every process that migrates.
+MIGRATION_LOCK_ID = 0x4E334855
+
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _drop_inherited_connections() -> None:
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_drop_inherited_connections)
+
+
+def init_app(app: Flask) -> None:
+    """Bind SQLAlchemy and Alembic to the app and prepare the engine."""
+    url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    with app.app_context():
+        engine = db.engine
+        _engines.add(engine)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine, app.config)
+        if app.config["AUTO_MIGRATE"]:
+            upgrade_schema()
+
+
+def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
+    busy_ms = int(config["SQLITE_BUSY_TIMEOUT"] * 1000)
+    synchronous = config["SQLITE_SYNCHRONOUS"]
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy so that "begin" below decides the BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_transaction() -> Iterator[Connection]:
+    """A transaction for writes: it holds SQLite's write lock from BEGIN to COMMIT."""
+    with db.engine.connect() as connection:
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def read_connection() -> Iterator[Connection]:
+    """A connection for reads; its transaction never takes a write lock."""
+    with db.engine.connect() as connection:
+        yield connection
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """Whether a database error is worth retrying (locked, busy, lost connection, deadlock)."""
+    if isinstance(error, OperationalError):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or getattr(error.orig, "sqlstate", "") in {
+            "40001",  # serialization failure
+            "40P01",  # deadlock detected
+        }
+    return False
+
+
+def lock_for_migration(connection: Connection) -> None:
+    """Serialise concurrent schema upgrades: web and worker processes start together."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+
+
+def upgrade_schema() -> None:
+    """Bring the database to the newest migration (a no-op when it is current)."""
+    upgrade(directory=current_app.extensions["migrate"].directory)

@@ -1,0 +1,75 @@
+"""Wake-ups for the workers: the cheap signal sent after a message is committed.
+
+Workers drain the database in batches, so the web does not send one task per
+message. It sends a ``drain`` task only when none is already queued: a Redis key
+set with NX marks "a drain is queued", and the worker deletes it as the drain
+starts. A message committed before that delete is seen by the starting drain;
+one committed after it finds the key gone and queues a new drain. If the broker
+is unreachable the message still stands committed, and the recovery sweep in
+every worker queues the drain later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Celery
+from flask import Flask
+from kombu.exceptions import KombuError
+from redis import Redis
+from redis.exceptions import RedisError
+
+DRAIN_TASK = "n3hub.drain_messages"
+DRAIN_QUEUED_KEY = "n3hub:drain-queued"
+# A lost drain task cannot hold the key for long; the sweep queues another after this.
+DRAIN_QUEUED_TTL_SECONDS = 5
+# After a broker failure, requests skip the broker for this long instead of each waiting on it.
+COOL_OFF_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+
+class DrainRequests:
+    """Queues a drain task unless one is already waiting for a worker."""
+
+    def __init__(self, celery: Celery, redis: Redis | None) -> None:
+        self._celery = celery
+        self._redis = redis
+        self._quiet_until = 0.0
+
+    def request(self) -> bool:
+        """Ask for a drain; False when the broker could not be reached."""
+        if time.monotonic() < self._quiet_until:
+            return False
+        try:
+            if self._redis is not None and not self._redis.set(
+                DRAIN_QUEUED_KEY, "1", nx=True, ex=DRAIN_QUEUED_TTL_SECONDS
+            ):
+                return True
+            self._celery.send_task(DRAIN_TASK, retry=False)
+            return True
+        except (RedisError, KombuError, OSError) as error:
+            self._quiet_until = time.monotonic() + COOL_OFF_SECONDS
+            log.warning("broker unreachable, drain left to the recovery sweep: %s", error)
+            self.started()
+            return False
+
+    def started(self) -> None:
+        """Clear the "drain queued" marker: called as a drain starts, or when queueing failed."""
+        try:
+            if self._redis is not None:
+                self._redis.delete(DRAIN_QUEUED_KEY)
+        except RedisError as error:
+            log.warning("could not clear the drain marker (it expires on its own): %s", error)
+
+
+def init_app(app: Flask) -> None:
+    """Attach the app's :class:`DrainRequests` as ``app.extensions["drain_requests"]``."""
+    timeout = app.config["BROKER_TIMEOUT"]
+    redis = None
+    if app.config["WAKE_REDIS_URL"]:
+        redis = Redis.from_url(
+            app.config["WAKE_REDIS_URL"], socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    app.extensions["drain_requests"] = DrainRequests(app.extensions["celery"], redis)

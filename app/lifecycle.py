@@ -1,0 +1,298 @@
+"""Every change of a message's status, each one a single guarded transaction.
+
+pending -> processing is a claim: one conditional UPDATE that increments
+``attempts`` and sets a lease, so a row is never claimed twice. The outcome of
+a claim is written only while the row is still ``processing`` with the same
+``attempts``: the attempt number is the fencing token that stops a late
+finisher from overwriting a newer claim. Claims that outlive their lease are
+taken back by :func:`recover_expired_leases`, which counts them as attempts, so a
+message that kills its worker every time still ends ``failed``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, exists, insert, select, update
+from sqlalchemy.engine import Connection
+
+from app import tallies
+from app.database import read_connection, write_transaction
+from app.models import Message, MessageStatus
+
+PENDING = MessageStatus.PENDING
+PROCESSING = MessageStatus.PROCESSING
+COMPLETED = MessageStatus.COMPLETED
+FAILED = MessageStatus.FAILED
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """What a processor is given: the message and which attempt this is."""
+
+    id: int
+    content: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed message's attempt ended."""
+
+    message: ClaimedMessage
+    result: Any = None
+    error: str | None = None
+    permanent: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how soon a failed attempt is tried again."""
+
+    max_attempts: int
+    base_delay: float
+    max_delay: float
+
+    def delay(self, attempts: int) -> float:
+        """Exponential backoff with equal jitter: half fixed, half random."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** max(attempts - 1, 0))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+
+@dataclass(frozen=True)
+class FinishReport:
+    """What :func:`finish_batch` wrote."""
+
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    stale: int = 0
+
+
+def create_message(content: str) -> dict[str, Any]:
+    """Store a new pending message and return its row."""
+    now = utcnow()
+    with write_transaction() as connection:
+        row = connection.execute(
+            insert(Message)
+            .values(
+                content=content,
+                status=PENDING,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+                available_at=now,
+            )
+            .returning(*Message.__table__.columns)
+        ).one()
+        tallies.apply(connection, {PENDING: 1})
+    return row._asdict()
+
+
+def claim_batch(limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+    """Claim due pending messages: a retried one on its own, else up to ``limit`` new ones.
+
+    A retried message may be one that killed its worker; claiming it alone keeps
+    it from taking a batch of healthy messages down with it again.
+    """
+    now = utcnow()
+    lease_until = now + timedelta(seconds=lease_seconds)
+    with write_transaction() as connection:
+        claimed = _claim(connection, now, lease_until, retried=True, limit=1) or _claim(
+            connection, now, lease_until, retried=False, limit=limit
+        )
+        if claimed:
+            tallies.apply(connection, {PENDING: -len(claimed), PROCESSING: len(claimed)})
+    return claimed
+
+
+def _claim(
+    connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
+) -> list[ClaimedMessage]:
+    due = (
+        select(Message.id)
+        .where(
+            Message.status == PENDING,
+            Message.attempts > 0 if retried else Message.attempts == 0,
+            Message.available_at <= now,
+        )
+        .order_by(Message.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
+    )
+    rows = connection.execute(
+        update(Message)
+        .where(Message.id.in_(due.scalar_subquery()))
+        .values(
+            status=PROCESSING,
+            attempts=Message.attempts + 1,
+            started_at=now,
+            updated_at=now,
+            lease_expires_at=lease_until,
+        )
+        .returning(Message.id, Message.content, Message.attempts)
+    )
+    return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
+
+
+_complete = (
+    update(Message)
+    .where(Message.id == bindparam("m_id"))
+    .values(
+        status=COMPLETED,
+        result=bindparam("m_result", type_=Message.result.type),
+        completed_at=bindparam("m_now"),
+        updated_at=bindparam("m_now"),
+        lease_expires_at=None,
+    )
+)
+_fail = (
+    update(Message)
+    .where(Message.id == bindparam("m_id"))
+    .values(
+        status=FAILED,
+        last_error=bindparam("m_error"),
+        completed_at=bindparam("m_now"),
+        updated_at=bindparam("m_now"),
+        lease_expires_at=None,
+    )
+)
+_retry_later = (
+    update(Message)
+    .where(Message.id == bindparam("m_id"))
+    .values(
+        status=PENDING,
+        last_error=bindparam("m_error"),
+        available_at=bindparam("m_available"),
+        updated_at=bindparam("m_now"),
+        lease_expires_at=None,
+    )
+)
+
+
+def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
+    """Write the outcomes of one claim in one transaction, skipping rows no longer ours."""
+    if not outcomes:
+        return FinishReport()
+    now = utcnow()
+    with write_transaction() as connection:
+        # Not a row-value IN on (id, attempts): SQLite 3.40 answers it wrongly from an index.
+        owned = set(
+            connection.execute(
+                select(Message.id, Message.attempts)
+                .where(
+                    Message.id.in_([outcome.message.id for outcome in outcomes]),
+                    Message.status == PROCESSING,
+                )
+                .order_by(Message.id)
+                .with_for_update()
+            ).tuples()
+        )
+        completed, failed, retried = [], [], []
+        for outcome in outcomes:
+            message = outcome.message
+            if (message.id, message.attempts) not in owned:
+                continue
+            if outcome.succeeded:
+                completed.append({"m_id": message.id, "m_result": outcome.result, "m_now": now})
+            elif outcome.permanent or policy.exhausted(message.attempts):
+                failed.append({"m_id": message.id, "m_error": outcome.error, "m_now": now})
+            else:
+                available = now + timedelta(seconds=policy.delay(message.attempts))
+                retried.append(
+                    {"m_id": message.id, "m_error": outcome.error, "m_available": available}
+                    | {"m_now": now}
+                )
+        for statement, rows in ((_complete, completed), (_fail, failed), (_retry_later, retried)):
+            if rows:
+                connection.execute(statement, rows)
+        deltas = tallies.transition_deltas(
+            [(PROCESSING, COMPLETED)] * len(completed)
+            + [(PROCESSING, FAILED)] * len(failed)
+            + [(PROCESSING, PENDING)] * len(retried)
+        )
+        deltas[tallies.RETRIES] += len(retried)
+        tallies.apply(connection, deltas)
+    return FinishReport(
+        completed=len(completed),
+        failed=len(failed),
+        retried=len(retried),
+        stale=len(outcomes) - len(completed) - len(failed) - len(retried),
+    )
+
+
+def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[str]:
+    """Take back claims whose lease ran out: to ``pending``, or ``failed`` when out of attempts.
+
+    Rows locked by a finishing worker are skipped (PostgreSQL), so a live
+    finisher is never raced; several sweepers at once each take distinct rows.
+    """
+    now = utcnow()
+    recovered: Counter[str] = Counter()
+    with write_transaction() as connection:
+        expired = connection.execute(
+            select(Message.id, Message.attempts)
+            .where(Message.status == PROCESSING, Message.lease_expires_at < now)
+            .order_by(Message.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for message_id, attempts in expired:
+            reason = f"worker lost during attempt {attempts} (lease expired)"
+            if policy.exhausted(attempts):
+                connection.execute(_fail, [{"m_id": message_id, "m_error": reason, "m_now": now}])
+                recovered[FAILED] += 1
+            else:
+                connection.execute(
+                    _retry_later,
+                    [{"m_id": message_id, "m_error": reason, "m_available": now, "m_now": now}],
+                )
+                recovered[PENDING] += 1
+        deltas = tallies.transition_deltas(
+            [(PROCESSING, status) for status, count in recovered.items() for _ in range(count)]
+        )
+        deltas[tallies.RECOVERIES] += len(expired)
+        tallies.apply(connection, deltas)
+    return recovered
+
+
+def pending_work_due(now: datetime | None = None) -> bool:
+    """Whether any pending message may be claimed now."""
+    now = now or utcnow()
+    with read_connection() as connection:
+        return bool(
+            connection.execute(
+                select(exists().where(Message.status == PENDING, Message.available_at <= now))
+            ).scalar()
+        )
+
+
+def retry_failed(message_id: int) -> dict[str, Any] | None:
+    """Put a ``failed`` message back to ``pending`` with fresh attempts; None if not failed."""
+    now = utcnow()
+    with write_transaction() as connection:
+        row = connection.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.status == FAILED)
+            .values(status=PENDING, attempts=0, available_at=now, updated_at=now, completed_at=None)
+            .returning(*Message.__table__.columns)
+        ).one_or_none()
+        if row is not None:
+            tallies.apply(connection, {FAILED: -1, PENDING: 1})
+    return row._asdict() if row is not None else None

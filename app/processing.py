@@ -1,0 +1,128 @@
+"""The worker side: claim a batch, run the processor on each message, write the outcomes.
+
+A drain keeps claiming until nothing is due or its time budget is spent. Batches
+adapt to the load by themselves: a quiet system yields batches of one, handled
+as soon as they arrive; a backlog yields full batches, one transaction each, and
+every full batch asks for one more drain so that idle workers join in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from flask import Flask, current_app
+
+from app import lifecycle
+from app.database import is_transient_error
+from app.lifecycle import ClaimedMessage, Outcome, RetryPolicy
+from app.processors import PERMANENT_ERRORS, Processor, load_processor
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_LENGTH = 500
+DATABASE_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    """Everything a drain needs, resolved once per process."""
+
+    processor: Processor
+    policy: RetryPolicy
+    batch_size: int
+    lease_seconds: float
+    budget_seconds: float
+
+
+def init_app(app: Flask) -> None:
+    """Resolve the processor and policies into ``app.extensions["processing"]``."""
+    app.extensions["processing"] = ProcessingSettings(
+        processor=load_processor(app.config["PROCESSOR"]),
+        policy=RetryPolicy(
+            max_attempts=app.config["MAX_ATTEMPTS"],
+            base_delay=app.config["RETRY_BASE_DELAY"],
+            max_delay=app.config["RETRY_MAX_DELAY"],
+        ),
+        batch_size=app.config["BATCH_SIZE"],
+        lease_seconds=app.config["LEASE_SECONDS"],
+        budget_seconds=app.config["DRAIN_BUDGET"],
+    )
+
+
+def describe_error(error: BaseException) -> str:
+    """A short, single-line reason for ``last_error``."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text[:MAX_ERROR_LENGTH]
+
+
+def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
+    """Run one message through the processor; an exception becomes a failed outcome."""
+    try:
+        result = processor(message)
+        json.dumps(result)
+    except PERMANENT_ERRORS as error:
+        return Outcome(message, error=describe_error(error), permanent=True)
+    except TypeError as error:  # the processor returned something that is not JSON
+        return Outcome(message, error=describe_error(error), permanent=True)
+    except Exception as error:
+        return Outcome(message, error=describe_error(error))
+    return Outcome(message, result=result)
+
+
+def with_database_retries(action: Callable[[], T]) -> T:
+    """Run ``action``, retrying it while the database reports a passing error."""
+    for delay in DATABASE_RETRY_DELAYS:
+        try:
+            return action()
+        except Exception as error:
+            if not is_transient_error(error):
+                raise
+            log.warning("database busy, retrying in %.2fs: %s", delay, error)
+            time.sleep(delay)
+    return action()
+
+
+def drain(request_drain: Callable[[], object]) -> int:
+    """Process due messages until none is left or the budget is spent; return how many."""
+    settings: ProcessingSettings = current_app.extensions["processing"]
+    deadline = time.monotonic() + settings.budget_seconds
+    handled = 0
+    while True:
+        batch = with_database_retries(
+            partial(lifecycle.claim_batch, settings.batch_size, settings.lease_seconds)
+        )
+        if not batch:
+            return handled
+        if len(batch) == settings.batch_size:
+            request_drain()
+        outcomes = [run_processor(settings.processor, message) for message in batch]
+        report = with_database_retries(partial(lifecycle.finish_batch, outcomes, settings.policy))
+        _log_failures(outcomes)
+        if report.stale:
+            log.warning("%d outcomes dropped: their claims were taken back", report.stale)
+        handled += len(batch)
+        if time.monotonic() >= deadline:
+            request_drain()
+            return handled
+
+
+def _log_failures(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        if not outcome.succeeded:
+            kind = "permanently" if outcome.permanent else "transiently"
+            log.warning(
+                "message %d attempt %d failed %s: %s",
+                outcome.message.id,
+                outcome.message.attempts,
+                kind,
+                outcome.error,
+                extra={"message_id": outcome.message.id},
+            )

@@ -1,0 +1,62 @@
+"""Read-only views of the messages: one message, a page of them, and the counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from app import tallies
+from app.database import read_connection
+from app.models import Message, MessageStatus
+
+
+@dataclass(frozen=True)
+class Page:
+    """Messages newest first, and the cursor that continues after the last one."""
+
+    messages: list[dict[str, Any]]
+    next_cursor: int | None
+
+
+def get_message(message_id: int) -> dict[str, Any] | None:
+    """One message's row, or None."""
+    with read_connection() as connection:
+        row = connection.execute(
+            select(*Message.__table__.columns).where(Message.id == message_id)
+        ).one_or_none()
+    return row._asdict() if row is not None else None
+
+
+def list_messages(limit: int, before_id: int | None, status: MessageStatus | None) -> Page:
+    """Up to ``limit`` messages with ids below ``before_id``, newest first."""
+    query = select(*Message.__table__.columns).order_by(Message.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Message.status == status)
+    if before_id is not None:
+        query = query.where(Message.id < before_id)
+    with read_connection() as connection:
+        rows = [row._asdict() for row in connection.execute(query)]
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(messages=rows, next_cursor=rows[-1]["id"] if has_more else None)
+
+
+def message_stats() -> dict[str, int]:
+    """Counts by status and their total, read from the tallies."""
+    with read_connection() as connection:
+        counts = tallies.read(connection)
+    stats = {status.value: counts.get(status.value, 0) for status in MessageStatus}
+    return {"total": sum(stats.values()), **stats}
+
+
+def oldest_pending_created_at() -> Any:
+    """When the oldest waiting message was created, or None when nothing waits."""
+    with read_connection() as connection:
+        return connection.execute(
+            select(Message.created_at)
+            .where(Message.status == MessageStatus.PENDING)
+            .order_by(Message.id)
+            .limit(1)
+        ).scalar()

@@ -1,0 +1,26 @@
+"""Gunicorn settings for the web service (``gunicorn -c gunicorn.conf.py``).
+
+Workers come from ``WEB_CONCURRENCY`` (Gunicorn's own variable); every value
+here can be overridden on the command line.
+"""
+
+import os
+
+from prometheus_client import multiprocess
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+errorlog = "-"
+wsgi_app = "app:create_app()"
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the shared metrics directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)

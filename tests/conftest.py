@@ -1,0 +1,147 @@
+"""Shared fixtures: a real Redis, a real database (SQLite and PostgreSQL), real workers.
+
+PostgreSQL runs when ``N3HUB_TEST_POSTGRES_URL`` is set; each test session gets a
+fresh database on that server. With ``N3HUB_REQUIRE_POSTGRES=1`` (CI) a missing
+PostgreSQL fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, delete, text, update
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from app.config import load_config
+from app.database import write_transaction
+from app.models import Message, Tally
+from tests.support.polling import wait_for
+from tests.support.processes import ManagedProcess, RedisServer, celery_worker
+
+DATABASES = ["sqlite", "postgresql"]
+
+# Fast clocks so retries, leases and sweeps happen within a test's patience.
+TEST_SETTINGS = {
+    "N3HUB_PROCESSOR": "tests.support.processors:scripted",
+    "N3HUB_SWEEP_INTERVAL": "0.2",
+    "N3HUB_RETRY_BASE_DELAY": "0.05",
+    "N3HUB_RETRY_MAX_DELAY": "0.2",
+    "N3HUB_MAX_ATTEMPTS": "3",
+    "N3HUB_LEASE_SECONDS": "30",
+    "N3HUB_DRAIN_BUDGET": "2",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def _postgres_base_url() -> str | None:
+    url = os.environ.get("N3HUB_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if os.environ.get("N3HUB_REQUIRE_POSTGRES") == "1":
+        pytest.fail("N3HUB_REQUIRE_POSTGRES=1 but N3HUB_TEST_POSTGRES_URL is not set")
+    pytest.skip("PostgreSQL tests need N3HUB_TEST_POSTGRES_URL")
+    return None
+
+
+def _fresh_postgres_database(base_url: str) -> tuple[str, Any]:
+    name = f"n3hub_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    return url, admin
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'messages.db'}"
+        return
+    url, admin = _fresh_postgres_database(_postgres_base_url())
+    yield url
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE "{make_url(url).database}" WITH (FORCE)')
+    admin.dispose()
+
+
+def stack_environment(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment for the app under test and the processes it talks to."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("N3HUB_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(TEST_SETTINGS)
+    env.update(
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=f"{redis_url}/0",
+        CELERY_RESULT_BACKEND=f"{redis_url}/1",
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_env(database_url: str, redis_server: RedisServer) -> dict[str, str]:
+    return stack_environment(database_url, redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def app(stack_env: dict[str, str]) -> Flask:
+    return create_app(load_config(stack_env))
+
+
+def reset_database(app: Flask) -> None:
+    """Remove every message and zero the tallies."""
+    with app.app_context(), write_transaction() as connection:
+        connection.execute(delete(Message))
+        connection.execute(update(Tally).values(value=0))
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    reset_database(app)
+    return app.test_client()
+
+
+def start_worker(env: dict[str, str], log_dir: Path, **options: Any) -> ManagedProcess:
+    """Start a Celery worker and wait until it reports ready."""
+    hostname = options.get("hostname", "w1")
+    worker = celery_worker(env, log_dir / f"worker-{hostname}.log", **options).start()
+    wait_for(
+        lambda: "ready." in worker.log_tail(200) or not worker.alive(),
+        timeout=60,
+        what="celery worker to be ready",
+    )
+    assert worker.alive(), worker.log_tail()
+    return worker
+
+
+@pytest.fixture(scope="session")
+def worker(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ManagedProcess]:
+    process = start_worker(stack_env, tmp_path_factory.mktemp("worker"))
+    yield process
+    process.stop()
+
+
+def database_scalar(app: Flask, sql: str) -> Any:
+    """Run one read query against the app's database."""
+    with app.app_context(), write_transaction() as connection:
+        return connection.execute(text(sql)).scalar()

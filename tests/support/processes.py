@@ -1,0 +1,132 @@
+"""Real processes for the tests: a Redis server, Celery workers, a Gunicorn web server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from redis import Redis
+
+from app.config import PROJECT_ROOT
+from scripts.local_redis import redis_answers, server_command
+from tests.support.polling import wait_for
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped on demand."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the process and every child it started."""
+        if self.alive():
+            os.killpg(self.pid, signum)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        if self.process is None:
+            return None
+        if self.alive():
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal_group(signal.SIGKILL)
+                self.process.wait(10)
+        self._kill_leftovers()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once, as a crash would."""
+        self.signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(10)
+
+    def _kill_leftovers(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class RedisServer(ManagedProcess):
+    """A redis-server on its own port, so a test may stop, flush or restart it."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        super().__init__(server_command(self.port, directory), os.environ, directory / "redis.log")
+
+    def start(self) -> RedisServer:
+        super().start()
+        wait_for(lambda: redis_answers(self.url), timeout=10, what=f"redis on {self.port}")
+        return self
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url)
+
+
+def celery_worker(
+    env: Mapping[str, str], log_path: Path, concurrency: int = 2, hostname: str = "w1"
+) -> ManagedProcess:
+    """A ``celery worker`` process started with the seed's command."""
+    argv = [
+        str(Path(sys.executable).parent / "celery"),
+        "-A", "app.celery_worker.celery", "worker",
+        "--loglevel=info",
+        f"--concurrency={concurrency}",
+        f"--hostname={hostname}@%h",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    return ManagedProcess(argv, env, log_path)
+
+
+def gunicorn_web(env: Mapping[str, str], log_path: Path, port: int, workers: int) -> ManagedProcess:
+    """The web service under Gunicorn with the project's config file."""
+    argv = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "-c", "gunicorn.conf.py",
+        "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers),
+    ]  # fmt: skip
+    return ManagedProcess(argv, env, log_path)

@@ -1,0 +1,245 @@
+"""The HTTP contract of spec section 2: shapes, pagination, and a JSON error for all bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flask.testing import FlaskClient
+
+STATUSES = ["pending", "processing", "completed", "failed"]
+
+
+def total_messages(client: FlaskClient) -> int:
+    return client.get("/messages/stats").get_json()["total"]
+
+
+def post(client: FlaskClient, content: object) -> dict:
+    response = client.post("/messages", json={"content": content})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+def test_create_answers_201_with_id_pending_and_location(client: FlaskClient) -> None:
+    response = client.post("/messages", json={"content": "Hello, N3Hub!"})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert list(body)[:2] == ["id", "status"]
+    assert isinstance(body["id"], int)
+    assert body["status"] == "pending"
+    assert response.headers["Location"] == f"/messages/{body['id']}"
+    assert total_messages(client) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "plain",
+        "  leading and trailing spaces  ",
+        "line one\nline two\r\nline three\n",
+        "emoji 🎉 and CJK 漢字 and RTL עברית",
+        "combining e\u0301 vs \u00e9",
+        "\t",
+        "x" * 100_000,
+    ],
+)
+def test_content_round_trips_exactly(client: FlaskClient, content: str) -> None:
+    created = post(client, content)
+    fetched = client.get(f"/messages/{created['id']}").get_json()
+    assert fetched["content"] == content
+
+
+def test_get_message_has_processing_facts(client: FlaskClient) -> None:
+    created = post(client, "facts")
+    body = client.get(f"/messages/{created['id']}").get_json()
+    for field in ["id", "content", "status", "created_at", "updated_at", "attempts"]:
+        assert body[field] is not None
+    for field in ["started_at", "completed_at", "last_error", "result"]:
+        assert field in body
+    assert body["created_at"].endswith("+00:00")
+
+
+def test_list_is_newest_first_with_cursor_pages(client: FlaskClient) -> None:
+    ids = [post(client, f"message {i}")["id"] for i in range(7)]
+    first = client.get("/messages?limit=3").get_json()
+    assert [m["id"] for m in first["messages"]] == ids[::-1][:3]
+    assert first["limit"] == 3
+    second = client.get(f"/messages?limit=3&cursor={first['next_cursor']}").get_json()
+    assert [m["id"] for m in second["messages"]] == ids[::-1][3:6]
+    last = client.get(f"/messages?limit=3&cursor={second['next_cursor']}").get_json()
+    assert [m["id"] for m in last["messages"]] == ids[:1]
+    assert last["next_cursor"] is None
+
+
+def test_list_default_page_is_bounded(client: FlaskClient, app) -> None:
+    for i in range(app.config["PAGE_SIZE"] + 1):
+        post(client, f"m{i}")
+    body = client.get("/messages").get_json()
+    assert len(body["messages"]) == app.config["PAGE_SIZE"]
+    assert body["next_cursor"] is not None
+
+
+def test_list_filters_by_status(client: FlaskClient) -> None:
+    post(client, "a")
+    pending = client.get("/messages?status=pending").get_json()["messages"]
+    assert pending and all(m["status"] == "pending" for m in pending)
+    assert client.get("/messages?status=failed").get_json()["messages"] == []
+
+
+def test_stats_total_is_sum_of_statuses(client: FlaskClient) -> None:
+    for i in range(3):
+        post(client, f"s{i}")
+    stats = client.get("/messages/stats").get_json()
+    assert set(stats) == {"total", *STATUSES}
+    assert all(isinstance(v, int) for v in stats.values())
+    assert stats["total"] == sum(stats[s] for s in STATUSES) == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=done", "status"),
+        ("status=", "status"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=100000", "limit"),
+        ("cursor=-1", "cursor"),
+        ("cursor=99999999999999999999999", "cursor"),
+        ("limit=%EF%BC%91", "limit"),  # a full-width digit
+    ],
+)
+def test_list_rejects_bad_query(client: FlaskClient, query: str, field: str) -> None:
+    error = assert_error(client.get(f"/messages?{query}"), 400, "validation_error")
+    assert error["details"]["field"] == field
+
+
+def test_unknown_status_names_allowed_values(client: FlaskClient) -> None:
+    error = assert_error(client.get("/messages?status=done"), 400, "validation_error")
+    assert error["details"]["allowed"] == STATUSES
+    assert all(status in error["message"] for status in STATUSES)
+
+
+BAD_BODIES = [
+    pytest.param(b'{"content": ', "application/json", 400, "invalid_json", id="malformed"),
+    pytest.param(b"", "application/json", 400, "invalid_json", id="empty-body"),
+    pytest.param(b"\xff\xfe\x00", "application/json", 400, "invalid_json", id="not-utf8"),
+    pytest.param(b"[" * 100_000, "application/json", 400, "invalid_json", id="deep-nesting"),
+    pytest.param(b"{}", "application/json", 400, "validation_error", id="missing"),
+    pytest.param(b'{"content": ""}', "application/json", 400, "validation_error", id="empty"),
+    pytest.param(b'{"content": 5}', "application/json", 400, "validation_error", id="number"),
+    pytest.param(b'{"content": null}', "application/json", 400, "validation_error", id="null"),
+    pytest.param(b'{"content": ["a"]}', "application/json", 400, "validation_error", id="list"),
+    pytest.param(b'["content"]', "application/json", 400, "validation_error", id="array-body"),
+    pytest.param(b'"text"', "application/json", 400, "validation_error", id="string-body"),
+    pytest.param(
+        b'{"content": "a\\u0000b"}', "application/json", 400, "validation_error", id="nul"
+    ),
+    pytest.param(
+        b'{"content": "\\ud800"}', "application/json", 400, "validation_error", id="surrogate"
+    ),
+    pytest.param(b'{"content": "x"}', "text/plain", 415, "unsupported_media_type", id="text-plain"),
+    pytest.param(b'{"content": "x"}', None, 415, "unsupported_media_type", id="no-type"),
+    pytest.param(
+        b"content=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type", id="form"
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "code"), BAD_BODIES)
+def test_bad_create_is_a_json_error_and_writes_nothing(
+    client: FlaskClient, body: bytes, content_type: str | None, status: int, code: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/messages", data=body, headers=headers)
+    assert_error(response, status, code)
+    assert total_messages(client) == 0
+
+
+def test_json_content_type_with_charset_is_accepted(client: FlaskClient) -> None:
+    response = client.post(
+        "/messages",
+        data=json.dumps({"content": "ok"}),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert response.status_code == 201
+
+
+def test_oversized_body_is_413_and_writes_nothing(client: FlaskClient, app) -> None:
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = json.dumps({"content": "x" * limit}).encode()
+    response = client.post("/messages", data=body, content_type="application/json")
+    assert_error(response, 413, "payload_too_large")
+    assert total_messages(client) == 0
+
+
+@pytest.mark.parametrize("path", ["/messages/999999", "/messages/99999999999999999999999"])
+def test_unknown_message_is_404(client: FlaskClient, path: str) -> None:
+    assert_error(client.get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/nope", "/messages/abc", "/messages/-1", "/messages/1/x"])
+def test_unknown_route_is_json_404(client: FlaskClient, path: str) -> None:
+    assert_error(client.get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/messages"),
+        ("PUT", "/messages/1"),
+        ("POST", "/messages/stats"),
+        ("POST", "/metrics"),
+    ],
+)
+def test_wrong_method_is_json_405(client: FlaskClient, method: str, path: str) -> None:
+    response = client.open(path, method=method)
+    assert_error(response, 405, "method_not_allowed")
+    assert "Allow" in response.headers
+
+
+def test_retry_of_a_non_failed_message_is_409(client: FlaskClient) -> None:
+    created = post(client, "still pending")
+    error = assert_error(client.post(f"/messages/{created['id']}/retry"), 409, "conflict")
+    assert error["details"]["status"] == "pending"
+    assert_error(client.post("/messages/424242/retry"), 404, "not_found")
+
+
+def test_request_id_is_echoed_or_generated(client: FlaskClient) -> None:
+    echoed = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+
+
+def test_health_endpoints(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_metrics_use_route_templates(client: FlaskClient) -> None:
+    created = post(client, "m")
+    client.get(f"/messages/{created['id']}")
+    client.get("/no/such/path")
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'endpoint="/messages/<int:message_id>"' in body
+    assert f'endpoint="/messages/{created["id"]}"' not in body
+    assert 'endpoint="<unmatched>"' in body
+    for family in [
+        "http_requests_total",
+        "http_request_latency_seconds_bucket",
+        "api_errors_total",
+        "messages_processed_total",
+    ]:
+        assert family in body
