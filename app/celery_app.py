@@ -15,6 +15,7 @@ from celery import Celery, Task
 from flask import Flask
 
 from app.recovery import RecoveryStep
+from app.worker_metrics import MetricsServerStep
 
 # Longer than any task runs (a drain stops after N3HUB_DRAIN_BUDGET seconds), so
 # Redis never hands a running task to a second worker.
@@ -61,5 +62,6 @@ def celery_init_app(app: Flask) -> Celery:
     celery.set_default()
     celery.flask_app = app
     celery.steps["worker"].add(RecoveryStep)
+    celery.steps["worker"].add(MetricsServerStep)
     app.extensions["celery"] = celery
     return celery

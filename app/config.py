@@ -101,6 +101,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LEASE_SECONDS": _seconds(env, "N3HUB_LEASE_SECONDS", 60.0, 1.0),
         "SWEEP_INTERVAL": _seconds(env, "N3HUB_SWEEP_INTERVAL", 2.0, 0.05),
         "PROMETHEUS_MULTIPROC_DIR": _text(env, "PROMETHEUS_MULTIPROC_DIR", ""),
+        "WORKER_METRICS_PORT": _integer(env, "N3HUB_WORKER_METRICS_PORT", 0, minimum=0),
         "LOG_LEVEL": _text(env, "LOG_LEVEL", "INFO").upper(),
         "LOG_FORMAT": _text(env, "LOG_FORMAT", "json" if production else "text"),
     }

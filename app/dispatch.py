@@ -20,6 +20,9 @@ from kombu.exceptions import KombuError
 from redis import Redis
 from redis.exceptions import RedisError
 
+from app.celery_app import TASK_QUEUE
+from app.metrics import BROKER_PUBLISH_FAILURES
+
 DRAIN_TASK = "n3hub.drain_messages"
 DRAIN_QUEUED_KEY = "n3hub:drain-queued"
 # A lost drain task cannot hold the key for long; the sweep queues another after this.
@@ -50,10 +53,20 @@ class DrainRequests:
             self._celery.send_task(DRAIN_TASK, retry=False)
             return True
         except (RedisError, KombuError, OSError) as error:
+            BROKER_PUBLISH_FAILURES.inc()
             self._quiet_until = time.monotonic() + COOL_OFF_SECONDS
             log.warning("broker unreachable, drain left to the recovery sweep: %s", error)
             self.started()
             return False
+
+    def queue_length(self) -> int | None:
+        """Drain tasks waiting in the broker, when the broker is this Redis and answers."""
+        if self._redis is None:
+            return None
+        try:
+            return int(self._redis.llen(TASK_QUEUE))
+        except RedisError:
+            return None
 
     def started(self) -> None:
         """Clear the "drain queued" marker: called as a drain starts, or when queueing failed."""

@@ -42,6 +42,7 @@ class ClaimedMessage:
     id: int
     content: str
     attempts: int
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _claim(
             updated_at=now,
             lease_expires_at=lease_until,
         )
-        .returning(Message.id, Message.content, Message.attempts)
+        .returning(Message.id, Message.content, Message.attempts, Message.created_at)
     )
     return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
 

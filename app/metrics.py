@@ -6,8 +6,13 @@ Counts that must be true for the whole deployment come from two places:
   multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set, so a scrape of any
   Gunicorn worker sums every process that shares the directory;
 * message counts (``messages_processed_total``, messages by status, retries,
-  recoveries) are read from the database tallies at scrape time, so they count
-  what every Celery worker on every host did, and survive restarts.
+  recoveries, backlog age) are read from the database at scrape time, so they
+  count what every Celery worker on every host did, and survive restarts.
+
+Celery workers record their own per-process metrics (processing durations,
+latency, progress). On one host they share the web's multiprocess directory
+and appear in the web's ``/metrics``; in separate containers each worker serves
+them on ``N3HUB_WORKER_METRICS_PORT`` instead (see :mod:`app.worker_metrics`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -45,6 +51,36 @@ HTTP_LATENCY = Histogram(
 )
 API_ERRORS = Counter(
     "api_errors_total", "API requests answered with an error.", ["endpoint", "error_type"]
+)
+BROKER_PUBLISH_FAILURES = Counter(
+    "n3hub_broker_publish_failures_total",
+    "Drain requests that could not reach the broker (the recovery sweep covers them).",
+)
+PROCESSING_DURATION = Histogram(
+    "n3hub_processing_duration_seconds",
+    "Time the processor spent on one message.",
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+MESSAGE_LATENCY = Histogram(
+    "n3hub_message_latency_seconds",
+    "Time from a message's creation to the end of its processing.",
+    ["status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+CLAIM_BATCH_SIZE = Histogram(
+    "n3hub_claim_batch_size",
+    "Messages taken by one claim.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+WORKER_LAST_PROGRESS = Gauge(
+    "n3hub_worker_last_progress_timestamp_seconds",
+    "Unix time a worker last finished a batch.",
+    multiprocess_mode="max",
+)
+WORKER_HEARTBEAT = Gauge(
+    "n3hub_worker_heartbeat_timestamp_seconds",
+    "Unix time a worker's recovery sweep last ran.",
+    multiprocess_mode="max",
 )
 
 bp = Blueprint("metrics", __name__)
@@ -78,6 +114,13 @@ class MessageTalliesCollector:
             "Claims taken back from workers that died or stalled.",
             value=counts.get(tallies.RECOVERIES, 0),
         )
+        queued = current_app.extensions["drain_requests"].queue_length()
+        if queued is not None:
+            yield GaugeMetricFamily(
+                "n3hub_broker_queue_length",
+                "Drain tasks waiting in the broker queue.",
+                value=queued,
+            )
         oldest = queries.oldest_pending_created_at()
         yield GaugeMetricFamily(
             "n3hub_backlog_oldest_age_seconds",
@@ -111,17 +154,22 @@ def _record_request(response: Response) -> Response:
     return response
 
 
+def process_registry(multiprocess_dir: str) -> CollectorRegistry:
+    """The registry holding this deployment's per-process metrics."""
+    if not multiprocess_dir:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
+
+
 @bp.get("/metrics")
 def get_metrics() -> Response:
     """Prometheus text exposition of every metric."""
-    if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
-        process_registry = CollectorRegistry()
-        MultiProcessCollector(process_registry)
-    else:
-        process_registry = REGISTRY
+    processes = process_registry(current_app.config["PROMETHEUS_MULTIPROC_DIR"])
     database_registry = CollectorRegistry()
     database_registry.register(MessageTalliesCollector())
-    body = generate_latest(process_registry) + generate_latest(database_registry)
+    body = generate_latest(processes) + generate_latest(database_registry)
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 

@@ -21,6 +21,12 @@ from flask import Flask, current_app
 from app import lifecycle
 from app.database import is_transient_error
 from app.lifecycle import ClaimedMessage, Outcome, RetryPolicy
+from app.metrics import (
+    CLAIM_BATCH_SIZE,
+    MESSAGE_LATENCY,
+    PROCESSING_DURATION,
+    WORKER_LAST_PROGRESS,
+)
 from app.processors import PERMANENT_ERRORS, Processor, load_processor
 
 log = logging.getLogger(__name__)
@@ -66,7 +72,8 @@ def describe_error(error: BaseException) -> str:
 def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
     """Run one message through the processor; an exception becomes a failed outcome."""
     try:
-        result = processor(message)
+        with PROCESSING_DURATION.time():
+            result = processor(message)
         json.dumps(result)
     except PERMANENT_ERRORS as error:
         return Outcome(message, error=describe_error(error), permanent=True)
@@ -105,7 +112,7 @@ def drain(request_drain: Callable[[], object]) -> int:
             request_drain()
         outcomes = [run_processor(settings.processor, message) for message in batch]
         report = with_database_retries(partial(lifecycle.finish_batch, outcomes, settings.policy))
-        _log_failures(outcomes)
+        _record_batch(outcomes, settings.policy)
         if report.stale:
             log.warning("%d outcomes dropped: their claims were taken back", report.stale)
         handled += len(batch)
@@ -114,8 +121,17 @@ def drain(request_drain: Callable[[], object]) -> int:
             return handled
 
 
-def _log_failures(outcomes: list[Outcome]) -> None:
+def _record_batch(outcomes: list[Outcome], policy: RetryPolicy) -> None:
+    """Metrics for a finished batch, and one log line per failed attempt."""
+    now = lifecycle.utcnow()
+    CLAIM_BATCH_SIZE.observe(len(outcomes))
+    WORKER_LAST_PROGRESS.set(now.timestamp())
     for outcome in outcomes:
+        final = outcome.succeeded or outcome.permanent or policy.exhausted(outcome.message.attempts)
+        if final:
+            status = "completed" if outcome.succeeded else "failed"
+            age = (now - outcome.message.created_at).total_seconds()
+            MESSAGE_LATENCY.labels(status).observe(age)
         if not outcome.succeeded:
             kind = "permanently" if outcome.permanent else "transiently"
             log.warning(

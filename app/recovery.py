@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import bootsteps
 from celery.worker import WorkController
 from flask import Flask
 
 from app import lifecycle
+from app.metrics import WORKER_HEARTBEAT
 from app.processing import ProcessingSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 def sweep_once(app: Flask) -> None:
     """One pass: recover expired leases, then queue a drain if anything is due."""
     with app.app_context():
+        WORKER_HEARTBEAT.set(time.time())
         settings: ProcessingSettings = app.extensions["processing"]
         recovered = lifecycle.recover_expired_leases(settings.policy)
         if recovered:
