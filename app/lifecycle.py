@@ -11,18 +11,20 @@ message that kills its worker every time still ends ``failed``.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, insert, select, update
+from sqlalchemy import bindparam, delete, exists, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from app import tallies
 from app.database import read_connection, write_transaction
-from app.models import Message, MessageStatus
+from app.models import IdempotencyKey, Message, MessageStatus
 
 PENDING = MessageStatus.PENDING
 PROCESSING = MessageStatus.PROCESSING
@@ -86,10 +88,49 @@ class FinishReport:
     stale: int = 0
 
 
-def create_message(content: str) -> dict[str, Any]:
-    """Store a new pending message and return its row."""
+class IdempotencyKeyReused(Exception):
+    """The idempotency key was first used with different content."""
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """A client-chosen key, how long to honour it, and the content it goes with."""
+
+    key: str
+    ttl_seconds: float
+
+    def fingerprint(self, content: str) -> str:
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def create_message(
+    content: str, idempotency: IdempotentRequest | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Store a new pending message; return its row and whether it was created just now.
+
+    With an idempotency key seen before (and not expired), nothing is written and
+    the first request's message is returned, or :class:`IdempotencyKeyReused`
+    raised if the content differs. Two racing first uses of one key collide on
+    the key's primary key; the loser retries and finds the winner's message.
+    """
+    for attempt in range(2):
+        try:
+            return _create_message(content, idempotency)
+        except IntegrityError:
+            if idempotency is None or attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _create_message(
+    content: str, idempotency: IdempotentRequest | None
+) -> tuple[dict[str, Any], bool]:
     now = utcnow()
     with write_transaction() as connection:
+        if idempotency is not None:
+            replayed = _replay(connection, content, idempotency, now)
+            if replayed is not None:
+                return replayed, False
         row = connection.execute(
             insert(Message)
             .values(
@@ -102,8 +143,47 @@ def create_message(content: str) -> dict[str, Any]:
             )
             .returning(*Message.__table__.columns)
         ).one()
+        if idempotency is not None:
+            connection.execute(
+                insert(IdempotencyKey).values(
+                    key=idempotency.key,
+                    fingerprint=idempotency.fingerprint(content),
+                    message_id=row.id,
+                    expires_at=now + timedelta(seconds=idempotency.ttl_seconds),
+                )
+            )
         tallies.apply(connection, {PENDING: 1})
-    return row._asdict()
+    return row._asdict(), True
+
+
+def _replay(
+    connection: Connection, content: str, idempotency: IdempotentRequest, now: datetime
+) -> dict[str, Any] | None:
+    """The message an unexpired key already created, or None (dropping an expired key)."""
+    seen = connection.execute(
+        select(*IdempotencyKey.__table__.columns).where(IdempotencyKey.key == idempotency.key)
+    ).one_or_none()
+    if seen is None:
+        return None
+    if seen.expires_at <= now:
+        connection.execute(delete(IdempotencyKey).where(IdempotencyKey.key == idempotency.key))
+        return None
+    if seen.fingerprint != idempotency.fingerprint(content):
+        raise IdempotencyKeyReused(idempotency.key)
+    message = connection.execute(
+        select(*Message.__table__.columns).where(Message.id == seen.message_id)
+    ).one_or_none()
+    return message._asdict() if message is not None else None
+
+
+def purge_expired_idempotency_keys(limit: int = 1000) -> int:
+    """Delete up to ``limit`` expired idempotency keys; return how many."""
+    now = utcnow()
+    with write_transaction() as connection:
+        expired = select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+        return connection.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.key.in_(expired.scalar_subquery()))
+        ).rowcount
 
 
 def claim_batch(limit: int, lease_seconds: float) -> list[ClaimedMessage]:
@@ -194,8 +274,9 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     now = utcnow()
     with write_transaction() as connection:
         # Not a row-value IN on (id, attempts): SQLite 3.40 answers it wrongly from an index.
-        owned = set(
-            connection.execute(
+        owned = {
+            (message_id, attempts)
+            for message_id, attempts in connection.execute(
                 select(Message.id, Message.attempts)
                 .where(
                     Message.id.in_([outcome.message.id for outcome in outcomes]),
@@ -203,8 +284,8 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
                 )
                 .order_by(Message.id)
                 .with_for_update()
-            ).tuples()
-        )
+            )
+        }
         completed, failed, retried = [], [], []
         for outcome in outcomes:
             message = outcome.message
@@ -236,6 +317,30 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
         retried=len(retried),
         stale=len(outcomes) - len(completed) - len(failed) - len(retried),
     )
+
+
+_extend_lease = (
+    update(Message)
+    .where(
+        Message.id == bindparam("m_id"),
+        Message.attempts == bindparam("m_attempts"),
+        Message.status == PROCESSING,
+    )
+    .values(lease_expires_at=bindparam("m_lease_until"))
+)
+
+
+def extend_leases(messages: list[ClaimedMessage], lease_seconds: float) -> None:
+    """Push back the lease of claims still being worked on (a long batch)."""
+    lease_until = utcnow() + timedelta(seconds=lease_seconds)
+    with write_transaction() as connection:
+        connection.execute(
+            _extend_lease,
+            [
+                {"m_id": m.id, "m_attempts": m.attempts, "m_lease_until": lease_until}
+                for m in messages
+            ],
+        )
 
 
 def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[str]:

@@ -85,3 +85,15 @@ class Tally(db.Model):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class IdempotencyKey(db.Model):
+    """A client's ``Idempotency-Key`` and the message its first request created."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # SHA-256 of the request's content: a replay must carry the same content.
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    message_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)

@@ -97,6 +97,21 @@ def with_database_retries(action: Callable[[], T]) -> T:
     return action()
 
 
+def process_batch(batch: list[ClaimedMessage], settings: ProcessingSettings) -> list[Outcome]:
+    """Run each claimed message, renewing the leases when a slow batch needs longer."""
+    renew_every = settings.lease_seconds / 3
+    renew_at = time.monotonic() + renew_every
+    outcomes = []
+    for index, message in enumerate(batch):
+        if time.monotonic() >= renew_at:
+            with_database_retries(
+                partial(lifecycle.extend_leases, batch[index:], settings.lease_seconds)
+            )
+            renew_at = time.monotonic() + renew_every
+        outcomes.append(run_processor(settings.processor, message))
+    return outcomes
+
+
 def drain(request_drain: Callable[[], object]) -> int:
     """Process due messages until none is left or the budget is spent; return how many."""
     settings: ProcessingSettings = current_app.extensions["processing"]
@@ -110,7 +125,7 @@ def drain(request_drain: Callable[[], object]) -> int:
             return handled
         if len(batch) == settings.batch_size:
             request_drain()
-        outcomes = [run_processor(settings.processor, message) for message in batch]
+        outcomes = process_batch(batch, settings)
         report = with_database_retries(partial(lifecycle.finish_batch, outcomes, settings.policy))
         _record_batch(outcomes, settings.policy)
         if report.stale:

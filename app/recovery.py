@@ -32,6 +32,7 @@ def sweep_once(app: Flask) -> None:
         recovered = lifecycle.recover_expired_leases(settings.policy)
         if recovered:
             log.warning("recovered stranded messages: %s", dict(recovered))
+        lifecycle.purge_expired_idempotency_keys()
         if lifecycle.pending_work_due():
             app.extensions["drain_requests"].request()
 

@@ -18,10 +18,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.config import load_config
 from app.database import write_transaction
+from app.extensions import db
 from app.models import Message, Tally
 from tests.support.polling import wait_for
 from tests.support.processes import ManagedProcess, RedisServer, celery_worker
@@ -58,27 +60,56 @@ def _postgres_base_url() -> str | None:
     return None
 
 
-def _fresh_postgres_database(base_url: str) -> tuple[str, Any]:
-    name = f"n3hub_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
-    return url, admin
+class DatabaseFactory:
+    """Creates empty databases for a test session and drops them at its end."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self._postgres: list[str] = []
+
+    def create(self, kind: str) -> str:
+        """The URL of a new, empty database of ``kind`` ("sqlite" or "postgresql")."""
+        if kind == "sqlite":
+            return f"sqlite:///{self._tmp.mktemp('sqlite') / 'messages.db'}"
+        base_url = _postgres_base_url()
+        name = f"n3hub_test_{uuid.uuid4().hex[:12]}"
+        self._admin(base_url, f'CREATE DATABASE "{name}"')
+        url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
+        self._postgres.append(url)
+        return url
+
+    def drop_all(self) -> None:
+        for url in self._postgres:
+            name = make_url(url).database
+            self._admin(
+                os.environ["N3HUB_TEST_POSTGRES_URL"], f'DROP DATABASE "{name}" WITH (FORCE)'
+            )
+
+    @staticmethod
+    def _admin(url: str, statement: str) -> None:
+        engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with engine.connect() as connection:
+            connection.exec_driver_sql(statement)
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(tmp_path_factory)
+    yield factory
+    factory.drop_all()
 
 
 @pytest.fixture(scope="session", params=DATABASES)
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'messages.db'}"
-        return
-    url, admin = _fresh_postgres_database(_postgres_base_url())
-    yield url
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE "{make_url(url).database}" WITH (FORCE)')
-    admin.dispose()
+def database_url(request: pytest.FixtureRequest, databases: DatabaseFactory) -> str:
+    """The session's shared database; the session-wide ``worker`` processes it."""
+    return databases.create(request.param)
+
+
+@pytest.fixture(params=DATABASES)
+def fresh_database_url(request: pytest.FixtureRequest, databases: DatabaseFactory) -> str:
+    """A database of the test's own, which no other test's worker touches."""
+    return databases.create(request.param)
 
 
 def stack_environment(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -102,8 +133,11 @@ def stack_env(database_url: str, redis_server: RedisServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def app(stack_env: dict[str, str]) -> Flask:
-    return create_app(load_config(stack_env))
+def app(stack_env: dict[str, str]) -> Iterator[Flask]:
+    app = create_app(load_config(stack_env))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
 
 
 def reset_database(app: Flask) -> None:
@@ -145,3 +179,18 @@ def database_scalar(app: Flask, sql: str) -> Any:
     """Run one read query against the app's database."""
     with app.app_context(), write_transaction() as connection:
         return connection.execute(text(sql)).scalar()
+
+
+@pytest.fixture
+def isolated_env(fresh_database_url: str, redis_server: RedisServer) -> dict[str, str]:
+    """Environment for a test with a database of its own."""
+    return stack_environment(fresh_database_url, redis_server.url)
+
+
+@pytest.fixture
+def isolated_app(isolated_env: dict[str, str]) -> Iterator[Flask]:
+    """An app on a database that no shared worker processes; its context is pushed."""
+    app = create_app(load_config(isolated_env))
+    with app.app_context():
+        yield app
+        db.engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask.testing import FlaskClient
@@ -243,3 +244,48 @@ def test_metrics_use_route_templates(client: FlaskClient) -> None:
         "messages_processed_total",
     ]:
         assert family in body
+
+
+def test_idempotency_key_replays_the_first_message(client: FlaskClient) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/messages", json={"content": "pay"}, headers=headers)
+    again = client.post("/messages", json={"content": "pay"}, headers=headers)
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert total_messages(client) == 1
+
+
+def test_idempotency_key_with_other_content_is_rejected(client: FlaskClient) -> None:
+    headers = {"Idempotency-Key": "order-43"}
+    assert client.post("/messages", json={"content": "a"}, headers=headers).status_code == 201
+    response = client.post("/messages", json={"content": "b"}, headers=headers)
+    assert_error(response, 422, "idempotency_key_reused")
+    assert total_messages(client) == 1
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
+def test_bad_idempotency_key_is_400(client: FlaskClient, key: str) -> None:
+    response = client.post(
+        "/messages",
+        json={"content": "a"},
+        headers={"Idempotency-Key": key.encode().decode("latin-1")},
+    )
+    assert_error(response, 400, "validation_error")
+    assert total_messages(client) == 0
+
+
+def test_concurrent_requests_with_one_key_create_one_message(client: FlaskClient, app) -> None:
+    def submit(_: int) -> tuple[int, int]:
+        with app.test_client() as own:
+            response = own.post(
+                "/messages", json={"content": "once"}, headers={"Idempotency-Key": "race"}
+            )
+            return response.status_code, response.get_json()["id"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(submit, range(16)))
+    assert sorted(status for status, _ in results) == [200] * 15 + [201]
+    assert len({message_id for _, message_id in results}) == 1
+    assert total_messages(client) == 1

@@ -9,7 +9,16 @@ from flask import Blueprint, current_app, request, url_for
 
 from app import lifecycle, queries
 from app.api.errors import APIError
-from app.api.payloads import MAX_ID, json_object, message_content, positive_int, status_filter
+from app.api.payloads import (
+    IDEMPOTENCY_HEADER,
+    MAX_ID,
+    idempotency_key,
+    json_object,
+    message_content,
+    positive_int,
+    status_filter,
+)
+from app.lifecycle import IdempotencyKeyReused, IdempotentRequest
 from app.models import MessageStatus
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
@@ -45,11 +54,29 @@ def _existing(message_id: int) -> dict[str, Any]:
 
 @bp.post("")
 def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Store a message; it is committed before this answers, then queued for processing."""
+    """Store a message; it is committed before this answers, then queued for processing.
+
+    A repeated ``Idempotency-Key`` with the same content answers 200 with the
+    first request's message and writes nothing.
+    """
     content = message_content(json_object(request))
-    row = lifecycle.create_message(content)
-    current_app.extensions["drain_requests"].request()
+    key = idempotency_key(request)
+    idempotency = (
+        IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"]) if key is not None else None
+    )
+    try:
+        row, created = lifecycle.create_message(content, idempotency)
+    except IdempotencyKeyReused:
+        raise APIError(
+            422,
+            "idempotency_key_reused",
+            f"{IDEMPOTENCY_HEADER} {key!r} was already used with different content.",
+            {"header": IDEMPOTENCY_HEADER},
+        ) from None
     location = url_for("messages.get_message", message_id=row["id"])
+    if not created:
+        return message_out(row), 200, {"Location": location, "Idempotent-Replayed": "true"}
+    current_app.extensions["drain_requests"].request()
     return message_out(row), 201, {"Location": location}
 
 

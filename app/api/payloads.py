@@ -78,3 +78,21 @@ def status_filter(args: dict[str, str]) -> MessageStatus | None:
             f"Unknown status {raw!r}; use one of: {', '.join(allowed)}.",
             {"field": "status", "allowed": allowed},
         ) from None
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The optional ``Idempotency-Key`` header: 1-255 printable ASCII characters."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not (key.isascii() and key.isprintable()):
+        raise validation_error(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII "
+            "characters.",
+            {"header": IDEMPOTENCY_HEADER},
+        )
+    return key

@@ -1,0 +1,163 @@
+"""Status transitions against a real database: atomic claims, fencing, leases, retries."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, update
+
+from app import lifecycle, queries
+from app.database import read_connection, write_transaction
+from app.lifecycle import Outcome, RetryPolicy
+from app.models import Message
+
+pytestmark = pytest.mark.usefixtures("isolated_app")
+
+POLICY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)
+
+
+def expire_leases() -> None:
+    with write_transaction() as connection:
+        connection.execute(
+            update(Message)
+            .where(Message.status == "processing")
+            .values(lease_expires_at=lifecycle.utcnow() - timedelta(seconds=1))
+        )
+
+
+def row(message_id: int) -> dict:
+    message = queries.get_message(message_id)
+    assert message is not None
+    return message
+
+
+def stats_add_up() -> dict:
+    stats = queries.message_stats()
+    with read_connection() as connection:
+        rows = connection.execute(select(Message.status)).scalars().all()
+    for status in ("pending", "processing", "completed", "failed"):
+        assert stats[status] == rows.count(status), (status, stats)
+    return stats
+
+
+def test_concurrent_claims_never_share_a_message(isolated_app: Flask) -> None:
+    ids = {lifecycle.create_message(f"m{i}")[0]["id"] for i in range(300)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        with isolated_app.app_context():
+            while batch := lifecycle.claim_batch(7, 30):
+                with lock:
+                    claimed.extend(message.id for message in batch)
+
+    threads = [threading.Thread(target=claimer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(claimed) == sorted(ids)
+    assert stats_add_up()["processing"] == 300
+
+
+def test_late_finisher_cannot_overwrite_a_newer_attempt() -> None:
+    message_id = lifecycle.create_message("x")[0]["id"]
+    [first] = lifecycle.claim_batch(10, 30)
+    expire_leases()
+    assert lifecycle.recover_expired_leases(POLICY) == {"pending": 1}
+    [second] = lifecycle.claim_batch(10, 30)
+    assert (first.attempts, second.attempts) == (1, 2)
+    stale = lifecycle.finish_batch([Outcome(first, result={"from": "first"})], POLICY)
+    assert stale.stale == 1 and stale.completed == 0
+    assert row(message_id)["status"] == "processing"
+    fresh = lifecycle.finish_batch([Outcome(second, result={"from": "second"})], POLICY)
+    assert fresh.completed == 1
+    assert row(message_id)["result"] == {"from": "second"}
+    assert lifecycle.finish_batch([Outcome(second, result={"again": 1})], POLICY).stale == 1
+    assert row(message_id)["result"] == {"from": "second"}
+    stats = stats_add_up()
+    assert stats["completed"] == 1
+
+
+def test_recovery_counts_as_an_attempt_and_ends_failed() -> None:
+    message_id = lifecycle.create_message("crash every time")[0]["id"]
+    for attempt in range(1, POLICY.max_attempts + 1):
+        [claimed] = lifecycle.claim_batch(10, 30)
+        assert claimed.attempts == attempt
+        expire_leases()
+        lifecycle.recover_expired_leases(POLICY)
+    body = row(message_id)
+    assert body["status"] == "failed"
+    assert "lease expired" in body["last_error"]
+    assert lifecycle.claim_batch(10, 30) == []
+    stats_add_up()
+
+
+def test_live_lease_is_not_recovered() -> None:
+    lifecycle.create_message("busy")
+    lifecycle.claim_batch(10, 30)
+    assert lifecycle.recover_expired_leases(POLICY) == {}
+    assert stats_add_up()["processing"] == 1
+
+
+def test_extended_lease_outlives_the_original() -> None:
+    lifecycle.create_message("slow")
+    [claimed] = lifecycle.claim_batch(10, 30)
+    expire_leases()
+    lifecycle.extend_leases([claimed], 30)
+    assert lifecycle.recover_expired_leases(POLICY) == {}
+
+
+def test_retried_message_is_claimed_alone() -> None:
+    first_id = lifecycle.create_message("retry me")[0]["id"]
+    [claimed] = lifecycle.claim_batch(10, 30)
+    lifecycle.finish_batch([Outcome(claimed, error="transient")], POLICY)
+    for i in range(5):
+        lifecycle.create_message(f"fresh {i}")
+    alone = lifecycle.claim_batch(10, 30)
+    assert [(m.id, m.attempts) for m in alone] == [(first_id, 2)]
+    assert len(lifecycle.claim_batch(10, 30)) == 5
+    stats_add_up()
+
+
+def test_outcomes_move_tallies_and_processed_counters() -> None:
+    for content in ("ok", "permanent", "transient"):
+        lifecycle.create_message(content)
+    batch = lifecycle.claim_batch(10, 30)
+    report = lifecycle.finish_batch(
+        [
+            Outcome(batch[0], result={}),
+            Outcome(batch[1], error="bad", permanent=True),
+            Outcome(batch[2], error="later"),
+        ],
+        POLICY,
+    )
+    assert (report.completed, report.failed, report.retried) == (1, 1, 1)
+    assert stats_add_up() == {
+        "total": 3,
+        "pending": 1,
+        "processing": 0,
+        "completed": 1,
+        "failed": 1,
+    }
+
+
+def test_retry_policy_backoff_is_exponential_with_jitter() -> None:
+    policy = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=8.0)
+    for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        delays = {policy.delay(attempts) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1
+    assert policy.exhausted(5) and not policy.exhausted(4)
+
+
+def test_expired_idempotency_keys_are_purged_and_reusable() -> None:
+    request = lifecycle.IdempotentRequest("k", ttl_seconds=0.001)
+    first, created = lifecycle.create_message("a", request)
+    assert created
+    second, created_again = lifecycle.create_message("b", request)
+    assert created_again and second["id"] != first["id"]
+    assert lifecycle.purge_expired_idempotency_keys() == 1
