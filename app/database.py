@@ -4,13 +4,19 @@ SQLite is shared by the web processes and the workers, so every connection uses
 WAL (readers never block the writer), a busy timeout (writers queue instead of
 failing), and write transactions that take the write lock at BEGIN, which avoids
 SQLite's instant SQLITE_BUSY when a reading transaction later tries to write.
+Writers also queue on an OS lock on a file beside the database before BEGIN:
+SQLite's own busy handler polls with sleeps of up to 100 ms, which under
+contention leaves the database idle while writers sleep; a kernel lock hands
+over at once.
 Pooled connections are dropped in forked children (Gunicorn, Celery prefork).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +53,9 @@ def init_app(app: Flask) -> None:
     url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # A network database may drop idle connections; a local SQLite file cannot.
+    pre_ping = url.get_backend_name() != "sqlite"
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": pre_ping})
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     with app.app_context():
@@ -57,6 +65,8 @@ def init_app(app: Flask) -> None:
             _configure_sqlite(engine, app.config)
         if app.config["AUTO_MIGRATE"]:
             upgrade_schema()
+        # Leave no pooled connection behind for a process that forks after this.
+        engine.dispose()
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
@@ -79,10 +89,53 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+class _HostWriterQueue:
+    """Orders this host's SQLite writers: a thread lock, then a POSIX lock on a file.
+
+    POSIX record locks belong to a process and are not inherited by ``fork``, so
+    a pool process forked while its parent writes does not end up holding the
+    parent's lock (flock locks would be). Threads of one process share a POSIX
+    lock, so they queue on the thread lock first; that one is replaced in a
+    forked child, where it may have been copied while held.
+    """
+
+    def __init__(self) -> None:
+        self._threads = threading.Lock()
+        os.register_at_fork(after_in_child=self._reset_after_fork)
+
+    def _reset_after_fork(self) -> None:
+        self._threads = threading.Lock()
+
+    @contextmanager
+    def hold(self, database_path: str) -> Iterator[None]:
+        with self._threads:
+            descriptor = os.open(f"{database_path}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(descriptor, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(descriptor)  # closing releases the lock
+
+
+_host_writers = _HostWriterQueue()
+
+
+@contextmanager
+def _writer_queue(engine: Engine) -> Iterator[None]:
+    """Wait for this host's other SQLite writers; a no-op for other databases."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    with _host_writers.hold(database):
+        yield
+
+
 @contextmanager
 def write_transaction() -> Iterator[Connection]:
     """A transaction for writes: it holds SQLite's write lock from BEGIN to COMMIT."""
-    with db.engine.connect() as connection:
+    engine = db.engine
+    with engine.connect() as connection, _writer_queue(engine):
         connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
             yield connection

@@ -88,6 +88,12 @@ class FinishReport:
     stale: int = 0
 
 
+# Built once: SQLAlchemy then reuses the compiled form on the ingest hot path.
+_insert_message = (
+    insert(Message).values(status=PENDING, attempts=0).returning(*Message.__table__.columns)
+)
+
+
 class IdempotencyKeyReused(Exception):
     """The idempotency key was first used with different content."""
 
@@ -132,16 +138,8 @@ def _create_message(
             if replayed is not None:
                 return replayed, False
         row = connection.execute(
-            insert(Message)
-            .values(
-                content=content,
-                status=PENDING,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
-                available_at=now,
-            )
-            .returning(*Message.__table__.columns)
+            _insert_message,
+            {"content": content, "created_at": now, "updated_at": now, "available_at": now},
         ).one()
         if idempotency is not None:
             connection.execute(

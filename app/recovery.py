@@ -10,7 +10,6 @@ holds, and a drain request is a no-op while one is queued.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from celery import bootsteps
@@ -18,6 +17,7 @@ from celery.worker import WorkController
 from flask import Flask
 
 from app import lifecycle
+from app.extensions import db
 from app.metrics import WORKER_HEARTBEAT
 from app.processing import ProcessingSettings
 
@@ -37,40 +37,37 @@ def sweep_once(app: Flask) -> None:
             app.extensions["drain_requests"].request()
 
 
-class RecoverySweeper(threading.Thread):
-    """A daemon thread calling :func:`sweep_once` until stopped."""
-
-    def __init__(self, app: Flask, interval: float) -> None:
-        super().__init__(name="n3hub-recovery-sweep", daemon=True)
-        self._app = app
-        self._interval = interval
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self._interval):
-            try:
-                sweep_once(self._app)
-            except Exception:
-                log.exception("recovery sweep failed; trying again next interval")
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-
 class RecoveryStep(bootsteps.StartStopStep):
-    """Runs the sweeper in the worker's main process while the pool is up."""
+    """Runs :func:`sweep_once` on the worker's timer, in its main process.
 
-    requires = ("celery.worker.components:Pool",)
+    With the prefork pool the timer is driven by the main thread's event loop,
+    the same thread that forks pool processes, so a fork never happens halfway
+    through a sweep; and the sweep closes its connections afterwards, so a
+    forked pool process inherits no database connection from its parent.
+    """
+
+    requires = ("celery.worker.components:Timer", "celery.worker.components:Pool")
 
     def __init__(self, worker: WorkController, **kwargs: object) -> None:
         super().__init__(worker, **kwargs)
-        self.sweeper: RecoverySweeper | None = None
+        self.timer_entry = None
 
     def start(self, worker: WorkController) -> None:
         app: Flask = worker.app.flask_app
-        self.sweeper = RecoverySweeper(app, app.config["SWEEP_INTERVAL"])
-        self.sweeper.start()
+        self.timer_entry = worker.timer.call_repeatedly(
+            app.config["SWEEP_INTERVAL"], self._sweep, (app,)
+        )
 
     def stop(self, worker: WorkController) -> None:
-        if self.sweeper is not None:
-            self.sweeper.stop()
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+
+    @staticmethod
+    def _sweep(app: Flask) -> None:
+        try:
+            sweep_once(app)
+        except Exception:
+            log.exception("recovery sweep failed; trying again next interval")
+        finally:
+            with app.app_context():
+                db.engine.dispose()
