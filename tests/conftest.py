@@ -26,7 +26,14 @@ from app.database import write_transaction
 from app.extensions import db
 from app.models import Message, Tally
 from tests.support.polling import wait_for
-from tests.support.processes import ManagedProcess, RedisServer, celery_worker
+from tests.support.processes import (
+    ManagedProcess,
+    RedisServer,
+    celery_worker,
+    free_port,
+    gunicorn_web,
+    http_ok,
+)
 
 DATABASES = ["sqlite", "postgresql"]
 
@@ -164,6 +171,19 @@ def start_worker(env: dict[str, str], log_dir: Path, **options: Any) -> ManagedP
     )
     assert worker.alive(), worker.log_tail()
     return worker
+
+
+def start_web(env: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[ManagedProcess, int]:
+    """Start Gunicorn with the project's config on a free port; wait until it answers."""
+    port = free_port()
+    web = gunicorn_web(env, log_dir / f"web-{port}.log", port=port, workers=workers).start()
+    wait_for(
+        lambda: http_ok(f"http://127.0.0.1:{port}/healthz") or not web.alive(),
+        timeout=60,
+        what="gunicorn to answer",
+    )
+    assert web.alive(), web.log_tail()
+    return web, port
 
 
 @pytest.fixture(scope="session")

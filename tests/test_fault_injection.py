@@ -22,9 +22,9 @@ from app import create_app, tallies
 from app.config import load_config
 from app.database import read_connection
 from app.extensions import db
-from tests.conftest import DatabaseFactory, stack_environment, start_worker
+from tests.conftest import DatabaseFactory, stack_environment, start_web, start_worker
 from tests.support.polling import wait_for
-from tests.support.processes import ManagedProcess, RedisServer, free_port, gunicorn_web
+from tests.support.processes import ManagedProcess, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,11 @@ class FaultStack:
         worker = start_worker(self.env, self.log_dir, hostname=hostname, concurrency=concurrency)
         self.processes.append(worker)
         return worker
+
+    def start_web(self, workers: int) -> tuple[ManagedProcess, int]:
+        web, port = start_web(self.env, self.log_dir, workers)
+        self.processes.append(web)
+        return web, port
 
     def restart_redis_empty(self) -> None:
         self.redis.stop()
@@ -192,10 +197,7 @@ def http_post(port: int, content: str) -> int:
 
 @both_databases
 def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -> None:
-    port = free_port()
-    web = gunicorn_web(stack.env, stack.log_dir / "web.log", port=port, workers=4).start()
-    stack.processes.append(web)
-    wait_for(lambda: _answers(port), timeout=30, what="gunicorn")
+    web, port = stack.start_web(workers=4)
     stack.start_worker("w1")
     stack.start_worker("w2")
     count = 1000
@@ -209,10 +211,7 @@ def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -
 
 @both_databases
 def test_sigterm_lets_the_web_finish_an_in_flight_request(stack: FaultStack) -> None:
-    port = free_port()
-    web = gunicorn_web(stack.env, stack.log_dir / "web.log", port=port, workers=1).start()
-    stack.processes.append(web)
-    wait_for(lambda: _answers(port), timeout=30, what="gunicorn")
+    web, port = stack.start_web(workers=1)
     body = b'{"content": "sent across a shutdown"}'
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(
@@ -229,11 +228,3 @@ def test_sigterm_lets_the_web_finish_an_in_flight_request(stack: FaultStack) -> 
             response += chunk
     assert response.startswith(b"HTTP/1.1 201"), response[:200]
     assert stack.stats()["total"] == 1
-
-
-def _answers(port: int) -> bool:
-    try:
-        with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False

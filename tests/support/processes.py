@@ -10,12 +10,22 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.request import urlopen
 
 from redis import Redis
 
 from app.config import PROJECT_ROOT
 from scripts.local_redis import redis_answers, server_command
 from tests.support.polling import wait_for
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 right now."""
+    try:
+        with urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def free_port() -> int:
