@@ -1,0 +1,70 @@
+"""Schema migrations: an empty database and one from an earlier revision upgrade cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import inspect, text
+
+from app import create_app, queries
+from app.config import load_config
+from app.database import MIGRATIONS_DIR, write_transaction
+from app.extensions import db
+from tests.conftest import DatabaseFactory, stack_environment
+from tests.support.processes import RedisServer
+
+
+@pytest.fixture
+def unmigrated_app(
+    request: pytest.FixtureRequest, databases: DatabaseFactory, redis_server: RedisServer
+) -> Iterator[Flask]:
+    env = stack_environment(
+        databases.create(request.param), redis_server.url, N3HUB_AUTO_MIGRATE="0"
+    )
+    app = create_app(load_config(env))
+    with app.app_context():
+        yield app
+        db.engine.dispose()
+
+
+both_databases = pytest.mark.parametrize("unmigrated_app", ["sqlite", "postgresql"], indirect=True)
+
+
+@both_databases
+def test_empty_database_upgrades_to_the_models(unmigrated_app: Flask) -> None:
+    assert inspect(db.engine).get_table_names() == []
+    upgrade(directory=str(MIGRATIONS_DIR))
+    tables = set(inspect(db.engine).get_table_names())
+    assert set(db.metadata.tables) <= tables
+    for table in db.metadata.tables.values():
+        columns = {column["name"] for column in inspect(db.engine).get_columns(table.name)}
+        assert columns == set(table.columns.keys()), table.name
+        indexes = {index["name"] for index in inspect(db.engine).get_indexes(table.name)}
+        assert {index.name for index in table.indexes} <= indexes, table.name
+
+
+@both_databases
+def test_data_of_an_earlier_revision_survives_the_upgrade(unmigrated_app: Flask) -> None:
+    upgrade(directory=str(MIGRATIONS_DIR), revision="0001")
+    with write_transaction() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO messages (content, status, attempts, created_at, updated_at,"
+                " available_at) VALUES ('from 0001', 'completed', 1, :t, :t, :t)"
+            ),
+            {"t": "2026-11-01 00:00:00"},
+        )
+        connection.execute(
+            text("UPDATE message_tallies SET value = 1 WHERE name = 'completed' AND shard = 0")
+        )
+    upgrade(directory=str(MIGRATIONS_DIR))
+    page = queries.list_messages(10, None, None)
+    assert [m["content"] for m in page.messages] == ["from 0001"]
+    assert queries.message_stats()["completed"] == 1
+    downgrade(directory=str(MIGRATIONS_DIR), revision="0001")
+    assert "idempotency_keys" not in inspect(db.engine).get_table_names()
+    upgrade(directory=str(MIGRATIONS_DIR))
+    assert "idempotency_keys" in inspect(db.engine).get_table_names()
