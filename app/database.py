@@ -86,7 +86,10 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight to the driver: this runs for every transaction, reads included.
+        connection.connection.dbapi_connection.execute(
+            "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        )
 
 
 class _HostWriterQueue:
