@@ -9,6 +9,7 @@ from flask import Flask
 from app import api, database, dispatch, logs, metrics, processing
 from app.celery_app import celery_init_app
 from app.config import INSTANCE_DIR, load_config
+from app.ingest import GroupCommit
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -22,6 +23,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     processing.init_app(app)
     celery_init_app(app)
     dispatch.init_app(app)
+    app.extensions["group_commit"] = GroupCommit()
     metrics.init_app(app)
     api.init_app(app)
     return app

@@ -87,9 +87,7 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
     def on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(WRITE_OPTION, False)
         # Straight to the driver: this runs for every transaction, reads included.
-        connection.connection.dbapi_connection.execute(
-            "BEGIN IMMEDIATE" if immediate else "BEGIN"
-        )
+        connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class _HostWriterQueue:

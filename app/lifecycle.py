@@ -137,21 +137,34 @@ def _create_message(
             replayed = _replay(connection, content, idempotency, now)
             if replayed is not None:
                 return replayed, False
-        row = connection.execute(
-            _insert_message,
-            {"content": content, "created_at": now, "updated_at": now, "available_at": now},
-        ).one()
+        [row] = _insert_pending(connection, [content], now)
         if idempotency is not None:
             connection.execute(
                 insert(IdempotencyKey).values(
                     key=idempotency.key,
                     fingerprint=idempotency.fingerprint(content),
-                    message_id=row.id,
+                    message_id=row["id"],
                     expires_at=now + timedelta(seconds=idempotency.ttl_seconds),
                 )
             )
-        tallies.apply(connection, {PENDING: 1})
-    return row._asdict(), True
+    return row, True
+
+
+def create_messages(contents: list[str]) -> list[dict[str, Any]]:
+    """Store several new pending messages in one transaction; rows in the given order."""
+    with write_transaction() as connection:
+        return _insert_pending(connection, contents, utcnow())
+
+
+def _insert_pending(
+    connection: Connection, contents: list[str], now: datetime
+) -> list[dict[str, Any]]:
+    times = {"created_at": now, "updated_at": now, "available_at": now}
+    rows = connection.execute(
+        _insert_message, [{"content": content, **times} for content in contents]
+    )
+    tallies.apply(connection, {PENDING: len(contents)})
+    return [row._asdict() for row in rows]
 
 
 def _replay(

@@ -289,3 +289,32 @@ def test_concurrent_requests_with_one_key_create_one_message(client: FlaskClient
     assert sorted(status for status, _ in results) == [200] * 15 + [201]
     assert len({message_id for _, message_id in results}) == 1
     assert total_messages(client) == 1
+
+
+def test_batch_create_stores_all_in_order(client: FlaskClient) -> None:
+    contents = ["first", "second 🎉", "  third  "]
+    response = client.post("/messages/batch", json={"messages": [{"content": c} for c in contents]})
+    assert response.status_code == 201
+    created = response.get_json()["messages"]
+    assert [m["content"] for m in created] == contents
+    assert [m["status"] for m in created] == ["pending"] * 3
+    ids = [m["id"] for m in created]
+    assert ids == sorted(ids)
+    assert total_messages(client) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": "x"}, "messages"),
+        ({"messages": [{"content": "ok"}, {"content": ""}]}, "messages[1].content"),
+        ({"messages": [{"content": "ok"}, "text"]}, "messages[1]"),
+        ({"messages": [{"content": "ok"}] * 1001}, "messages"),
+    ],
+)
+def test_bad_batch_is_rejected_whole(client: FlaskClient, body: dict, field: str) -> None:
+    error = assert_error(client.post("/messages/batch", json=body), 400, "validation_error")
+    assert error["details"]["field"] == field
+    assert total_messages(client) == 0

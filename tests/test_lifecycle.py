@@ -161,3 +161,27 @@ def test_expired_idempotency_keys_are_purged_and_reusable() -> None:
     second, created_again = lifecycle.create_message("b", request)
     assert created_again and second["id"] != first["id"]
     assert lifecycle.purge_expired_idempotency_keys() == 1
+
+
+def test_group_commit_gives_each_concurrent_caller_its_own_row(isolated_app: Flask) -> None:
+    group_commit = isolated_app.extensions["group_commit"]
+    rows: list[dict] = []
+    lock = threading.Lock()
+
+    def create_many(thread: int) -> None:
+        with isolated_app.app_context():
+            for i in range(50):
+                row = group_commit.create(f"{thread}-{i}")
+                with lock:
+                    rows.append(row)
+
+    threads = [threading.Thread(target=create_many, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len({row["id"] for row in rows}) == 400
+    assert {row["content"] for row in rows} == {f"{t}-{i}" for t in range(8) for i in range(50)}
+    for row in rows:
+        assert queries.get_message(row["id"])["content"] == row["content"]
+    assert stats_add_up()["pending"] == 400

@@ -12,6 +12,7 @@ from app.api.errors import APIError
 from app.api.payloads import (
     IDEMPOTENCY_HEADER,
     MAX_ID,
+    batch_contents,
     idempotency_key,
     json_object,
     message_content,
@@ -64,20 +65,36 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     idempotency = (
         IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"]) if key is not None else None
     )
-    try:
-        row, created = lifecycle.create_message(content, idempotency)
-    except IdempotencyKeyReused:
-        raise APIError(
-            422,
-            "idempotency_key_reused",
-            f"{IDEMPOTENCY_HEADER} {key!r} was already used with different content.",
-            {"header": IDEMPOTENCY_HEADER},
-        ) from None
+    if idempotency is None:
+        row, created = current_app.extensions["group_commit"].create(content), True
+    else:
+        row, created = _create_idempotent(content, idempotency)
     location = url_for("messages.get_message", message_id=row["id"])
     if not created:
         return message_out(row), 200, {"Location": location, "Idempotent-Replayed": "true"}
     current_app.extensions["drain_requests"].request()
     return message_out(row), 201, {"Location": location}
+
+
+def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[dict[str, Any], bool]:
+    try:
+        return lifecycle.create_message(content, idempotency)
+    except IdempotencyKeyReused:
+        raise APIError(
+            422,
+            "idempotency_key_reused",
+            f"{IDEMPOTENCY_HEADER} {idempotency.key!r} was already used with different content.",
+            {"header": IDEMPOTENCY_HEADER},
+        ) from None
+
+
+@bp.post("/batch")
+def create_messages() -> tuple[dict[str, Any], int]:
+    """Store up to ``N3HUB_MAX_BATCH`` messages in one transaction: all of them or none."""
+    contents = batch_contents(json_object(request), current_app.config["MAX_BATCH"])
+    rows = lifecycle.create_messages(contents)
+    current_app.extensions["drain_requests"].request()
+    return {"messages": [message_out(row) for row in rows]}, 201
 
 
 @bp.get("")

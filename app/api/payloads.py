@@ -32,25 +32,41 @@ def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def message_content(body: dict[str, Any]) -> str:
+def message_content(body: dict[str, Any], field: str = "content") -> str:
     """The ``content`` field: a non-empty string of valid, storable Unicode."""
     if "content" not in body:
-        raise validation_error("'content' is required.", {"field": "content"})
+        raise validation_error("'content' is required.", {"field": field})
     content = body["content"]
     if not isinstance(content, str):
-        raise validation_error("'content' must be a string.", {"field": "content"})
+        raise validation_error("'content' must be a string.", {"field": field})
     if not content:
-        raise validation_error("'content' must not be empty.", {"field": "content"})
+        raise validation_error("'content' must not be empty.", {"field": field})
     if "\x00" in content:
-        raise validation_error("'content' must not contain NUL characters.", {"field": "content"})
+        raise validation_error("'content' must not contain NUL characters.", {"field": field})
     try:
         content.encode("utf-8")
     except UnicodeEncodeError:
         raise validation_error(
             "'content' contains an unpaired surrogate, which is not valid Unicode.",
-            {"field": "content"},
+            {"field": field},
         ) from None
     return content
+
+
+def batch_contents(body: dict[str, Any], maximum: int) -> list[str]:
+    """The contents of ``{"messages": [{"content": ...}, ...]}``, 1 to ``maximum`` of them."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not 1 <= len(messages) <= maximum:
+        raise validation_error(
+            f"'messages' must be a list of 1 to {maximum} objects.", {"field": "messages"}
+        )
+    contents = []
+    for index, message in enumerate(messages):
+        item = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise validation_error(f"{item} must be an object.", {"field": item})
+        contents.append(message_content(message, f"{item}.content"))
+    return contents
 
 
 def positive_int(args: dict[str, str], name: str, default: int | None, maximum: int) -> int | None:
