@@ -18,6 +18,8 @@ keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
 wsgi_app = "app:create_app()"
+# Gunicorn 27's control socket lives in $HOME and would be shared by every server a user runs.
+control_socket_disable = True
 
 
 def child_exit(server, worker):

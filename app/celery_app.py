@@ -20,7 +20,6 @@ from app.worker_metrics import MetricsServerStep
 # Longer than any task runs (a drain stops after N3HUB_DRAIN_BUDGET seconds), so
 # Redis never hands a running task to a second worker.
 VISIBILITY_TIMEOUT_SECONDS = 3600
-TASK_QUEUE = "n3hub"
 
 
 def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +37,7 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
         "broker_connection_timeout": timeout,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": TASK_QUEUE,
+        "task_default_queue": config["TASK_QUEUE"],
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -91,6 +91,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_PAGE_SIZE": _integer(env, "N3HUB_MAX_PAGE_SIZE", 200),
         "CELERY_BROKER_URL": broker_url,
         "CELERY_RESULT_BACKEND": result_backend,
+        "TASK_QUEUE": _text(env, "N3HUB_TASK_QUEUE", "n3hub"),
         "WAKE_REDIS_URL": _text(env, "N3HUB_WAKE_REDIS_URL", default_wake_url),
         "BROKER_TIMEOUT": _seconds(env, "N3HUB_BROKER_TIMEOUT", 1.0, 0.05),
         "IDEMPOTENCY_TTL": _seconds(env, "N3HUB_IDEMPOTENCY_TTL", 86400.0, 1.0),

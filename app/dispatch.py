@@ -16,11 +16,9 @@ import time
 
 from celery import Celery
 from flask import Flask
-from kombu.exceptions import KombuError
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app.celery_app import TASK_QUEUE
 from app.metrics import BROKER_PUBLISH_FAILURES
 
 DRAIN_TASK = "n3hub.drain_messages"
@@ -36,9 +34,10 @@ log = logging.getLogger(__name__)
 class DrainRequests:
     """Queues a drain task unless one is already waiting for a worker."""
 
-    def __init__(self, celery: Celery, redis: Redis | None) -> None:
+    def __init__(self, celery: Celery, redis: Redis | None, queue: str) -> None:
         self._celery = celery
         self._redis = redis
+        self._queue = queue
         self._quiet_until = 0.0
 
     def request(self) -> bool:
@@ -52,7 +51,7 @@ class DrainRequests:
                 return True
             self._celery.send_task(DRAIN_TASK, retry=False)
             return True
-        except (RedisError, KombuError, OSError) as error:
+        except Exception as error:  # whatever the broker raised, the message is already safe
             BROKER_PUBLISH_FAILURES.inc()
             self._quiet_until = time.monotonic() + COOL_OFF_SECONDS
             log.warning("broker unreachable, drain left to the recovery sweep: %s", error)
@@ -64,7 +63,7 @@ class DrainRequests:
         if self._redis is None:
             return None
         try:
-            return int(self._redis.llen(TASK_QUEUE))
+            return int(self._redis.llen(self._queue))
         except RedisError:
             return None
 
@@ -85,4 +84,6 @@ def init_app(app: Flask) -> None:
         redis = Redis.from_url(
             app.config["WAKE_REDIS_URL"], socket_timeout=timeout, socket_connect_timeout=timeout
         )
-    app.extensions["drain_requests"] = DrainRequests(app.extensions["celery"], redis)
+    app.extensions["drain_requests"] = DrainRequests(
+        app.extensions["celery"], redis, app.config["TASK_QUEUE"]
+    )

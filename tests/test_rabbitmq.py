@@ -6,15 +6,15 @@ backend is ``disabled`` and nothing here talks to Redis at all. The tests skip
 when no RabbitMQ answers, unless ``N3HUB_REQUIRE_RABBITMQ=1`` (CI), which makes
 that a failure.
 
-The task queue's name is fixed (``n3hub``) and guest may use only the vhost
-``/``, so the queue is purged before each test: never point these tests at a
-RabbitMQ that a deployment uses.
+Each test uses a task queue of its own (``N3HUB_TASK_QUEUE``), deleted at the
+end, so a RabbitMQ shared with anything else is left as it was.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,14 +50,20 @@ def rabbit_app(fresh_database_url: str, tmp_path: Path) -> Iterator[Flask]:
         if os.environ.get("N3HUB_REQUIRE_RABBITMQ") == "1":
             pytest.fail(f"N3HUB_REQUIRE_RABBITMQ=1 but no RabbitMQ answers at {AMQP_URL}")
         pytest.skip(f"no RabbitMQ answers at {AMQP_URL}")
+    queue = f"n3hub-test-{uuid.uuid4().hex[:8]}"
     env = stack_environment(
-        fresh_database_url, NO_REDIS, CELERY_BROKER_URL=AMQP_URL, CELERY_RESULT_BACKEND="disabled"
+        fresh_database_url,
+        NO_REDIS,
+        CELERY_BROKER_URL=AMQP_URL,
+        CELERY_RESULT_BACKEND="disabled",
+        N3HUB_TASK_QUEUE=queue,
     )
     app = create_app(load_config(env))
-    app.extensions["celery"].control.purge()
     worker = start_worker(env, tmp_path, hostname="rabbit")
     yield app
     worker.stop()
+    with app.extensions["celery"].connection_for_write() as connection:
+        connection.default_channel.queue_delete(queue)
     with app.app_context():
         db.engine.dispose()
 
