@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint format migrate clean
+.PHONY: help venv run test lint format migrate bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ format: venv ## Reformat the code with ruff
 
 migrate: venv ## Upgrade the configured database to the newest schema
 	flask --app app db upgrade
+
+bench: venv ## Measure ingest, drain, latency and reads (var/bench/results.json)
+	python -m scripts.bench $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv, local data and caches
 	rm -rf $(VENV) var instance .pytest_cache .ruff_cache .coverage htmlcov

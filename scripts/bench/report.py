@@ -1,0 +1,180 @@
+"""Statistics, targets and the two forms of the results: a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Path_ = tuple[str, ...]
+
+
+def percentile(values: Iterable[float], share: float) -> float | None:
+    """The ``share``-th percentile (0-100) by linear interpolation; None without values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * share / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def distribution_ms(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, median, p99 and maximum of millisecond values."""
+    return {
+        "count": len(values),
+        "p50_ms": percentile(values, 50),
+        "p99_ms": percentile(values, 99),
+        "max_ms": max(values) if values else None,
+    }
+
+
+def lookup(results: Mapping[str, Any], path: Path_) -> Any:
+    """The value at ``path`` in nested mappings, or None where any step is missing."""
+    value: Any = results
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal of the specification: the figure at ``path`` compared with ``limit``."""
+
+    path: Path_
+    compare: Callable[[float, float], bool]
+    limit: float
+    text: str
+
+    def verdict(self, results: Mapping[str, Any]) -> str:
+        value = lookup(results, self.path)
+        if value is None:
+            return "n/a"
+        return "PASS" if self.compare(value, self.limit) else "FAIL"
+
+
+READ_ENDPOINTS = ("GET /messages", "GET /messages?status=failed", "GET /messages/stats")
+
+TARGETS = [
+    Target(("ingest", "ratio_to_ceiling"), operator.ge, 0.5, ">= 0.50"),
+    Target(("drain", "first_to_last_rate"), operator.ge, 3000, ">= 3000"),
+    Target(("latency", "50", "p50_ms"), operator.le, 10, "<= 10"),
+    Target(("latency", "50", "p99_ms"), operator.le, 50, "<= 50"),
+    *(Target(("reads", path, "p50_ms"), operator.le, 20, "<= 20") for path in READ_ENDPOINTS),
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a label and where its figure is in the results."""
+
+    label: str
+    path: Path_
+    decimals: int = 0
+
+
+def _latency_rows(rate: str) -> list[Row]:
+    return [
+        Row(f"paced sender @ {rate}/s, achieved (msg/s)", ("latency", rate, "achieved_rate")),
+        Row(f"latency created->completed @ {rate}/s p50 (ms)", ("latency", rate, "p50_ms"), 1),
+        Row(f"latency created->completed @ {rate}/s p99 (ms)", ("latency", rate, "p99_ms"), 1),
+    ]
+
+
+def _read_rows(endpoint: str) -> list[Row]:
+    return [
+        Row(f"read {endpoint} p50 (ms)", ("reads", endpoint, "p50_ms"), 2),
+        Row(f"read {endpoint} p99 (ms)", ("reads", endpoint, "p99_ms"), 2),
+    ]
+
+
+ROWS = [
+    Row("hello-world ceiling (req/s)", ("ceiling", "per_second")),
+    Row("POST /messages, durable (req/s)", ("ingest", "per_second")),
+    Row("ingest / ceiling", ("ingest", "ratio_to_ceiling"), 2),
+    Row("batch ingest, POST /messages/batch (msg/s)", ("batch_ingest", "messages_per_second")),
+    Row("drain, worker start -> all done (msg/s)", ("drain", "wall_rate")),
+    Row("drain, first -> last completion (msg/s)", ("drain", "first_to_last_rate")),
+    *_latency_rows("50"),
+    *_latency_rows("500"),
+    Row("messages stored during the reads", ("reads", "table", "rows")),
+    *(row for endpoint in READ_ENDPOINTS for row in _read_rows(endpoint)),
+]
+
+
+def _format(value: Any, decimals: int) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{decimals}f}"
+
+
+def table(results: Mapping[str, Any]) -> str:
+    """The results as a fixed-width text table with a verdict per target."""
+    targets = {target.path: target for target in TARGETS}
+    width = max(len(row.label) for row in ROWS)
+    run = results.get("run", {})
+    host = run.get("machine", {})
+    lines = [
+        f"N3Hub bench on {run.get('database', '?')}: {host.get('nproc')} CPUs"
+        f" ({host.get('cpu_model')}), load from {run.get('load_tool', '?')}",
+        f"{'figure':<{width}}  {'value':>10}  {'target':<8}  verdict",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for row in ROWS:
+        target = targets.get(row.path)
+        value = _format(lookup(results, row.path), row.decimals)
+        goal, verdict = (target.text, target.verdict(results)) if target else ("", "")
+        lines.append(f"{row.label:<{width}}  {value:>10}  {goal:<8}  {verdict}".rstrip())
+    return "\n".join(lines)
+
+
+def verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its figure and verdict, for the JSON file."""
+    return [
+        {
+            "figure": ".".join(target.path),
+            "value": lookup(results, target.path),
+            "target": target.text,
+            "verdict": target.verdict(results),
+        }
+        for target in TARGETS
+    ]
+
+
+def machine() -> dict[str, Any]:
+    """The facts about this machine that the figures depend on."""
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        models = [line for line in lines if line.startswith("model name")]
+        cpu = models[0].split(":", 1)[1].strip() if models else cpu
+    try:
+        memory = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        memory = ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "free_h": memory,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "kernel": platform.release(),
+    }
+
+
+def write_json(results: Mapping[str, Any], path: Path) -> None:
+    """Write the results with their verdicts to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {**results, "targets": verdicts(results)}
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
