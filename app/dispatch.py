@@ -7,11 +7,18 @@ starts. A message committed before that delete is seen by the starting drain;
 one committed after it finds the key gone and queues a new drain. If the broker
 is unreachable the message still stands committed, and the recovery sweep in
 every worker queues the drain later.
+
+Web requests do not talk to the broker at all: they raise a flag and answer.
+A background thread per process lowers the flag and then asks for a drain, so
+every commit that raised the flag is followed by a request made after it, and
+a burst of requests costs one broker round trip instead of one each.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 
 from celery import Celery
@@ -22,7 +29,7 @@ from redis.exceptions import RedisError
 from app.metrics import BROKER_PUBLISH_FAILURES
 
 DRAIN_TASK = "n3hub.drain_messages"
-DRAIN_QUEUED_KEY = "n3hub:drain-queued"
+DRAIN_QUEUED_KEY_PREFIX = "n3hub:drain-queued:"
 # A lost drain task cannot hold the key for long; the sweep queues another after this.
 DRAIN_QUEUED_TTL_SECONDS = 5
 # After a broker failure, requests skip the broker for this long instead of each waiting on it.
@@ -38,7 +45,31 @@ class DrainRequests:
         self._celery = celery
         self._redis = redis
         self._queue = queue
+        self._queued_key = DRAIN_QUEUED_KEY_PREFIX + queue
         self._quiet_until = 0.0
+        self._wanted = threading.Event()
+        self._waker_pid = 0
+        self._waker_lock = threading.Lock()
+
+    def request_soon(self) -> None:
+        """Ask for a drain from this process's waker thread; never blocks the caller."""
+        if self._waker_pid != os.getpid():
+            self._start_waker()
+        self._wanted.set()
+
+    def _start_waker(self) -> None:
+        with self._waker_lock:
+            if self._waker_pid == os.getpid():
+                return
+            # A forked child inherits the flag but not the thread: start its own.
+            threading.Thread(target=self._wake_forever, name="n3hub-waker", daemon=True).start()
+            self._waker_pid = os.getpid()
+
+    def _wake_forever(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            self.request()
 
     def request(self) -> bool:
         """Ask for a drain; False when the broker could not be reached."""
@@ -46,7 +77,7 @@ class DrainRequests:
             return False
         try:
             if self._redis is not None and not self._redis.set(
-                DRAIN_QUEUED_KEY, "1", nx=True, ex=DRAIN_QUEUED_TTL_SECONDS
+                self._queued_key, "1", nx=True, ex=DRAIN_QUEUED_TTL_SECONDS
             ):
                 return True
             self._celery.send_task(DRAIN_TASK, retry=False)
@@ -71,7 +102,7 @@ class DrainRequests:
         """Clear the "drain queued" marker: called as a drain starts, or when queueing failed."""
         try:
             if self._redis is not None:
-                self._redis.delete(DRAIN_QUEUED_KEY)
+                self._redis.delete(self._queued_key)
         except RedisError as error:
             log.warning("could not clear the drain marker (it expires on its own): %s", error)
 

@@ -72,7 +72,7 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     location = url_for("messages.get_message", message_id=row["id"])
     if not created:
         return message_out(row), 200, {"Location": location, "Idempotent-Replayed": "true"}
-    current_app.extensions["drain_requests"].request()
+    current_app.extensions["drain_requests"].request_soon()
     return message_out(row), 201, {"Location": location}
 
 
@@ -93,7 +93,7 @@ def create_messages() -> tuple[dict[str, Any], int]:
     """Store up to ``N3HUB_MAX_BATCH`` messages in one transaction: all of them or none."""
     contents = batch_contents(json_object(request), current_app.config["MAX_BATCH"])
     rows = lifecycle.create_messages(contents)
-    current_app.extensions["drain_requests"].request()
+    current_app.extensions["drain_requests"].request_soon()
     return {"messages": [message_out(row) for row in rows]}, 201
 
 
@@ -135,5 +135,5 @@ def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
             f"Only failed messages can be retried; message {message_id} is {current['status']}.",
             {"status": current["status"], "retryable_status": MessageStatus.FAILED.value},
         )
-    current_app.extensions["drain_requests"].request()
+    current_app.extensions["drain_requests"].request_soon()
     return message_out(row), 202
