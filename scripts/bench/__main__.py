@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import traceback
 from datetime import UTC, datetime
@@ -37,6 +38,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="record py-spy profiles of ingest and drain"
     )
     return parser.parse_args(argv)
+
+
+def revision() -> dict[str, Any]:
+    """The commit measured, and how many files differ from it in the working tree."""
+
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(
+            ["git", *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+        )
+        return completed.stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "changed_files": len(changed.splitlines())}
 
 
 def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, "-m", "scripts.bench", *sys.argv[1:]]),
             "settings": tuning_overrides(dict(os.environ)),
+            "revision": revision(),
             "machine": machine(),
             "load_average_at_start": os.getloadavg(),
         }

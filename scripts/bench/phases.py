@@ -27,8 +27,9 @@ from scripts.bench.load import ClosedLoop, Throughput, batch_payload, paced_post
 from scripts.bench.profiling import Profiler
 from scripts.bench.report import READ_ENDPOINTS, distribution_ms
 from scripts.bench.seed import StatusMix, delete_messages_after, insert_messages
-from scripts.bench.stack import Stack, Web
+from scripts.bench.stack import Stack, Web, group_cpu_seconds
 from tests.support.polling import wait_for
+from tests.support.processes import ManagedProcess
 
 Say = Callable[[str], None]
 HELLO_APP = "scripts.bench.hello:app"
@@ -60,6 +61,18 @@ def _throughput(result: Throughput) -> dict[str, Any]:
     return {**asdict(result), "per_second": result.per_second}
 
 
+def _loaded(run: Callable[[], Throughput], processes: dict[str, ManagedProcess]) -> dict[str, Any]:
+    """Run a load and note the CPU each process tree used per request it served."""
+    before = {name: group_cpu_seconds(process.pid) for name, process in processes.items()}
+    result = _throughput(run())
+    served = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = {
+        name: (group_cpu_seconds(process.pid) - before[name]) * 1000 / served
+        for name, process in processes.items()
+    }
+    return result
+
+
 def _scalar(app: Flask, query: Any) -> Any:
     with app.app_context(), read_connection() as connection:
         return connection.execute(query).scalar()
@@ -89,9 +102,17 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median requests/s of several runs, with every run kept."""
     return {
         "per_second": statistics.median(run["per_second"] for run in runs),
+        "web_cpu_ms_per_request": statistics.median(
+            run["cpu_ms_per_request"]["gunicorn"] for run in runs
+        ),
         "errors": sum(run["errors"] for run in runs),
         "rounds": runs,
     }
+
+
+def _cpu_text(run: dict[str, Any]) -> str:
+    used = run["cpu_ms_per_request"]
+    return " + ".join(f"{name} {ms:.2f}" for name, ms in used.items()) + " CPU ms/request"
 
 
 def measure_ingest(
@@ -110,6 +131,8 @@ def measure_ingest(
     median of the rounds' ratios. No worker runs: the messages wait as the backlog.
     """
     hello = stack.start_web("hello", HELLO_APP, probe="/")
+    assert stack.redis is not None
+    redis = stack.redis
     ceilings: list[dict[str, Any]] = []
     ingests: list[dict[str, Any]] = []
     try:
@@ -121,17 +144,26 @@ def measure_ingest(
             f" {loop.duration:g} s each, {loop.connections} connections"
         )
         for number in range(1, rounds + 1):
-            ceilings.append(_throughput(loop.get_root(hello.port)))
+            ceilings.append(_loaded(lambda: loop.get_root(hello.port), {"gunicorn": hello.process}))
             before = count_messages(app)
-            with profiler.recording("ingest-web", web.process.pid, active=number == rounds):
-                ingest = _throughput(loop.post_messages(web.port))
+            # Profiles, when asked for: where the CPU goes in the second-to-last round,
+            # where a request's time goes in the last.
+            with (
+                profiler.recording("ingest-web-cpu", web.process.pid, active=number == rounds - 1),
+                profiler.recording(
+                    "ingest-web-requests", web.process.pid, number == rounds, WEB_REQUEST
+                ),
+            ):
+                ingest = _loaded(
+                    lambda: loop.post_messages(web.port), {"gunicorn": web.process, "redis": redis}
+                )
             ingest["stored"] = settled_count(app) - before
             ingest["ratio_to_ceiling"] = ingest["per_second"] / ceilings[-1]["per_second"]
             ingests.append(ingest)
             say(
-                f"ingest: round {number}: hello {ceilings[-1]['per_second']:,.0f} req/s,"
-                f" POST /messages {ingest['per_second']:,.0f} req/s"
-                f" ({ingest['ratio_to_ceiling']:.2f}), {ingest['stored']:,} stored"
+                f"ingest: round {number}: hello {ceilings[-1]['per_second']:,.0f} req/s"
+                f" ({_cpu_text(ceilings[-1])}), POST /messages {ingest['per_second']:,.0f} req/s"
+                f" ({_cpu_text(ingest)}): ratio {ingest['ratio_to_ceiling']:.2f}"
             )
     finally:
         hello.stop()
@@ -204,10 +236,13 @@ def measure_drain(
     first_id = _scalar(app, select(func.min(Message.id)).where(pending))
     last_id = _scalar(app, select(func.max(Message.id)).where(pending))
     client = Client(web.port)
+    completed_before = client.get("/messages/stats").body["completed"]
     say(f"drain: starting a worker (concurrency 2) on {backlog:,} pending messages")
     started = time.monotonic()
     worker = stack.start_worker()
     ready = None
+    # CPU used and messages done when the worker reported ready, to leave its start-up out.
+    cpu_at_ready, done_at_ready = 0.0, 0
     shown = started
     timed_out = False
     with profiler.recording("drain-worker", worker.pid):
@@ -216,6 +251,8 @@ def measure_drain(
             now = time.monotonic()
             if ready is None and "ready." in worker.log_tail(40):
                 ready = now
+                cpu_at_ready = group_cpu_seconds(worker.pid)
+                done_at_ready = stats["completed"] - completed_before
             if stats["pending"] + stats["processing"] == 0:
                 break
             if not worker.alive():
@@ -228,6 +265,7 @@ def measure_drain(
                 shown = now
             time.sleep(0.05)
     wall = time.monotonic() - started
+    cpu_after_ready = group_cpu_seconds(worker.pid) - cpu_at_ready
     first, last, after_first = _completion_window(app, first_id, last_id)
     window = (last - first).total_seconds() if first and last else 0.0
     result = {
@@ -238,6 +276,7 @@ def measure_drain(
         "worker_ready_seconds": (ready - started) if ready else None,
         "first_to_last_seconds": window,
         "first_to_last_rate": after_first / window if window else None,
+        "worker_cpu_ms_per_message": cpu_after_ready * 1000 / max(backlog - done_at_ready, 1),
     }
     say(
         f"drain: {backlog:,} in {wall:.1f} s from worker start ({result['wall_rate']:,.0f}/s);"
@@ -285,6 +324,8 @@ def measure_latency(
     result = {
         "target_rate": rate,
         "achieved_rate": run.achieved_rate,
+        # The service could not keep up: requests went out later than due.
+        "saturated": run.achieved_rate < 0.95 * rate,
         "errors": run.errors,
         "sender_max_lateness_ms": run.max_lateness_ms,
         **distribution_ms(spans_ms(0, 2)),
@@ -296,7 +337,8 @@ def measure_latency(
     say(
         f"latency @ {rate:g}/s: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
         f" (to claim p50 {result['created_to_claimed']['p50_ms']:.1f} ms;"
-        f" POST p50 {result['post']['p50_ms']:.1f} ms; sent {run.achieved_rate:.0f}/s)"
+        f" POST p50 {result['post']['p50_ms']:.1f} ms; sent {run.achieved_rate:.0f}/s"
+        + (", saturated)" if result["saturated"] else ")")
     )
     return result
 

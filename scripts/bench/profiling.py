@@ -58,12 +58,12 @@ def layer_of(files: list[str]) -> str:
 def summarize(
     collapsed: str, top: int = 12, within: str | None = None
 ) -> dict[str, list[tuple[str, float]]]:
-    """Shares of the samples by layer, and the functions most often on top of the stack.
+    """Shares of the samples: by layer, by function on top of the stack, by n3hub function.
 
-    With ``within``, only the stacks that contain that text count.
+    ``app`` counts each function of ``app/`` once per stack that passes through
+    it (inclusive time). With ``within``, only the stacks containing that text count.
     """
-    layers: Counter[str] = Counter()
-    own: Counter[str] = Counter()
+    counters: dict[str, Counter[str]] = {"layers": Counter(), "self": Counter(), "app": Counter()}
     total = 0
     for line in collapsed.splitlines():
         if within is not None and within not in line:
@@ -74,13 +74,15 @@ def summarize(
             continue
         count = int(count_text)
         total += count
-        own[_frame_name(frames[-1])] += count
-        layers[layer_of([_frame_file(frame) for frame in frames])] += count
-    if not total:
-        return {"layers": [], "self": []}
+        files = [_frame_file(frame) for frame in frames]
+        counters["layers"][layer_of(files)] += count
+        counters["self"][_frame_name(frames[-1])] += count
+        pairs = zip(frames, files, strict=True)
+        for name in {_frame_name(frame) for frame, path in pairs if path.startswith("app/")}:
+            counters["app"][name] += count
     return {
-        kind: [(name, round(100 * count / total, 1)) for name, count in counter.most_common(top)]
-        for kind, counter in (("layers", layers), ("self", own))
+        kind: [(name, round(100 * n / total, 1)) for name, n in counter.most_common(top)]
+        for kind, counter in counters.items()
     }
 
 
@@ -131,6 +133,7 @@ class Profiler:
         self.say(f"profile {name} ({output}), share of {samples} by layer:")
         for layer, share in summary["layers"]:
             self.say(f"  {share:5.1f}%  {layer}")
-        self.say(f"profile {name}, functions most often on top of the stack:")
-        for function, share in summary["self"][:8]:
-            self.say(f"  {share:5.1f}%  {function}")
+        for kind, title in (("self", "most often on top of the stack"), ("app", "in n3hub")):
+            self.say(f"profile {name}, functions {title}:")
+            for function, share in summary[kind][:10]:
+                self.say(f"  {share:5.1f}%  {function}")

@@ -84,10 +84,17 @@ class Row:
 
 
 def _latency_rows(rate: str) -> list[Row]:
+    figures = ("latency", rate)
     return [
-        Row(f"paced sender @ {rate}/s, achieved (msg/s)", ("latency", rate, "achieved_rate")),
-        Row(f"latency created->completed @ {rate}/s p50 (ms)", ("latency", rate, "p50_ms"), 1),
-        Row(f"latency created->completed @ {rate}/s p99 (ms)", ("latency", rate, "p99_ms"), 1),
+        Row(f"paced sender @ {rate}/s, achieved (msg/s)", (*figures, "achieved_rate")),
+        Row(f"latency created->completed @ {rate}/s p50 (ms)", (*figures, "p50_ms"), 1),
+        Row(f"latency created->completed @ {rate}/s p99 (ms)", (*figures, "p99_ms"), 1),
+        Row("  of which created->claimed p50 (ms)", (*figures, "created_to_claimed", "p50_ms"), 1),
+        Row(
+            "  of which claimed->completed p50 (ms)",
+            (*figures, "claimed_to_completed", "p50_ms"),
+            1,
+        ),
     ]
 
 
@@ -101,10 +108,13 @@ def _read_rows(endpoint: str) -> list[Row]:
 ROWS = [
     Row("hello-world ceiling (req/s)", ("ceiling", "per_second")),
     Row("POST /messages, durable (req/s)", ("ingest", "per_second")),
+    Row("hello-world web CPU per request (ms)", ("ceiling", "web_cpu_ms_per_request"), 2),
+    Row("POST /messages web CPU per request (ms)", ("ingest", "web_cpu_ms_per_request"), 2),
     Row("ingest / ceiling", ("ingest", "ratio_to_ceiling"), 2),
     Row("batch ingest, POST /messages/batch (msg/s)", ("batch_ingest", "messages_per_second")),
     Row("drain, worker start -> all done (msg/s)", ("drain", "wall_rate")),
     Row("drain, first -> last completion (msg/s)", ("drain", "first_to_last_rate")),
+    Row("drain, worker CPU per message (ms)", ("drain", "worker_cpu_ms_per_message"), 3),
     *_latency_rows("50"),
     *_latency_rows("500"),
     Row("messages stored during the reads", ("reads", "table", "rows")),

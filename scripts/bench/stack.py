@@ -12,6 +12,7 @@ import os
 import runpy
 import shutil
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +68,27 @@ def gunicorn_settings() -> dict[str, Any]:
     return {key: settings[key] for key in ("workers", "threads", "worker_class", "accesslog")}
 
 
+def group_cpu_seconds(group: int) -> float:
+    """CPU time used so far by the live processes of process group ``group``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_share(group: int, seconds: float = 0.5) -> float:
+    """The share of one CPU that process group ``group`` uses over ``seconds``."""
+    before = group_cpu_seconds(group)
+    time.sleep(seconds)
+    return (group_cpu_seconds(group) - before) / seconds
+
+
 def _run_admin(url: str, *statements: str) -> None:
     engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
@@ -118,6 +140,7 @@ class Stack:
         self.gunicorn = gunicorn_settings()
         self.env: dict[str, str] = {}
         self.app: Flask | None = None
+        self.redis: RedisServer | None = None
         self.worker: ManagedProcess | None = None
 
     def __enter__(self) -> Stack:
@@ -136,7 +159,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         redis = RedisServer(self.workdir / "redis")
         self._exit.callback(redis.stop)
-        redis.start()
+        self.redis = redis.start()
         self.database.create()
         self._exit.callback(self.database.drop)
         metrics_dir = self.workdir / "prometheus"
@@ -177,6 +200,8 @@ class Stack:
         )
         if not process.alive():
             raise RuntimeError(f"{name} exited during start-up:\n{process.log_tail()}")
+        # One worker answering is not all of them: wait until the others have loaded too.
+        wait_for(lambda: group_cpu_share(process.pid) < 0.05, timeout=60, interval=0)
         return Web(process, port)
 
     def start_worker(self) -> ManagedProcess:
