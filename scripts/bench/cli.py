@@ -1,0 +1,139 @@
+"""The command line of the bench: run every measurement once and print the results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import scripts.bench
+from app.config import PROJECT_ROOT
+from scripts.bench import phases
+from scripts.bench.load import ClosedLoop, find_wrk
+from scripts.bench.profiling import Profiler
+from scripts.bench.report import machine, table, write_json
+from scripts.bench.stack import WORKER_CONCURRENCY, Stack, tuning_overrides
+
+OUTPUT_DIR = PROJECT_ROOT / "var" / "bench"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench",
+        description=scripts.bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=5, help="seconds per throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="hello-world/ingest rounds")
+    parser.add_argument("--paced-seconds", type=float, default=10, help="seconds per paced rate")
+    parser.add_argument("--rates", default="50,500", help="paced rates in messages/s")
+    parser.add_argument("--backlog", type=int, default=20_000, help="minimum backlog to drain")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="stored rows for the reads")
+    parser.add_argument("--samples", type=int, default=200, help="requests per read endpoint")
+    parser.add_argument("--output", type=Path, default=OUTPUT_DIR / "results.json")
+    parser.add_argument("--python-load", action="store_true", help="use Python, not wrk")
+    parser.add_argument(
+        "--profile", action="store_true", help="record py-spy profiles of ingest and drain"
+    )
+    return parser.parse_args(argv)
+
+
+def revision() -> dict[str, Any]:
+    """The commit measured, and how many files differ from it in the working tree."""
+
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(
+            ["git", *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+        )
+        return completed.stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "changed_files": len(changed.splitlines())}
+
+
+def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress) -> None:
+    """Every measurement, in order, on one stack; fills ``results`` as it goes."""
+    wrk = None if args.python_load else find_wrk()
+    with Stack(os.environ.get("DATABASE_URL", ""), OUTPUT_DIR / "logs") as stack:
+        loop = ClosedLoop(wrk, stack.workdir, args.duration, connections=16)
+        profiler = Profiler(args.profile, OUTPUT_DIR / "profiles", say)
+        say(f"database: {stack.database.describe()}; load: {loop.tool}")
+        app = stack.start()
+        results["run"].update(
+            database=stack.database.kind,
+            database_url=stack.database.describe(),
+            load_tool=loop.tool,
+            connections=loop.connections,
+            gunicorn=stack.gunicorn,
+            celery_concurrency=WORKER_CONCURRENCY,
+            batch_size=app.config["BATCH_SIZE"],
+            sqlite_synchronous=app.config["SQLITE_SYNCHRONOUS"],
+            profiled=bool(profiler.py_spy),
+        )
+        web = stack.start_web("web")
+        results["ceiling"], results["ingest"] = phases.measure_ingest(
+            stack, web, loop, app, args.rounds, profiler, say
+        )
+        results["batch_ingest"] = phases.measure_batch_ingest(web, loop, app, say)
+        phases.top_up_backlog(app, args.backlog, say)
+        results["drain"] = phases.measure_drain(stack, web, app, profiler, say)
+        results["latency"] = {}
+        for rate in (float(value) for value in args.rates.split(",")):
+            measured = phases.measure_latency(stack, web, rate, args.paced_seconds, profiler, say)
+            results["latency"][f"{rate:g}"] = measured
+        stack.stop_worker()
+        results["reads"] = {"table": phases.fill_table(app, args.rows, say)}
+        results["reads"].update(phases.measure_reads(web, args.samples, say))
+        results["profiles"] = profiler.summaries
+        say("stopping the stack")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 0 when it ran, whatever the figures say."""
+    args = parse_args(argv)
+    say = phases.Progress()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Even where the caller's shell ignores Ctrl-C for background jobs: it must stop the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    results: dict[str, Any] = {
+        "run": {
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, "-m", "scripts.bench", *sys.argv[1:]]),
+            "settings": tuning_overrides(dict(os.environ)),
+            "revision": revision(),
+            "machine": machine(),
+            "load_average_at_start": os.getloadavg(),
+        }
+    }
+    busy = os.getloadavg()[0]
+    if busy > 0.5:
+        say(f"note: load average {busy:.2f} before the start; other work skews the figures")
+    try:
+        run(args, results, say)
+    except KeyboardInterrupt:
+        say("interrupted: every process started has been stopped")
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("\nThe bench crashed; figures measured before that:\n" + table(results))
+        return 1
+    results["run"]["seconds"] = round(say.elapsed(), 1)
+    results["run"]["load_average_at_end"] = os.getloadavg()
+    write_json(results, args.output)
+    print()
+    print(table(results))
+    settings = results["run"]["settings"]
+    print(f"\nsettings: {settings or 'defaults'}; took {results['run']['seconds']:.0f} s")
+    print(f"results: {args.output}")
+    return 0
