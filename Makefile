@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
-export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
+# Only the local stack shares a metrics directory; tests and the bench make their own.
+run: export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test lint format migrate bench clean
