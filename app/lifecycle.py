@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, insert, select, update
+from sqlalchemy import Update, bindparam, delete, exists, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -243,38 +243,23 @@ def _claim(
     return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
 
 
-_complete = (
-    update(Message)
-    .where(Message.id == bindparam("m_id"))
-    .values(
-        status=COMPLETED,
-        result=bindparam("m_result", type_=Message.result.type),
-        completed_at=bindparam("m_now"),
-        updated_at=bindparam("m_now"),
-        lease_expires_at=None,
+def _record_outcome(status: MessageStatus, **values: Any) -> Update:
+    """An executemany UPDATE ending one claim, keyed by ``m_id`` and stamped with ``m_now``."""
+    return (
+        update(Message)
+        .where(Message.id == bindparam("m_id"))
+        .values(status=status, updated_at=bindparam("m_now"), lease_expires_at=None, **values)
     )
+
+
+_complete = _record_outcome(
+    COMPLETED,
+    result=bindparam("m_result", type_=Message.result.type),
+    completed_at=bindparam("m_now"),
 )
-_fail = (
-    update(Message)
-    .where(Message.id == bindparam("m_id"))
-    .values(
-        status=FAILED,
-        last_error=bindparam("m_error"),
-        completed_at=bindparam("m_now"),
-        updated_at=bindparam("m_now"),
-        lease_expires_at=None,
-    )
-)
-_retry_later = (
-    update(Message)
-    .where(Message.id == bindparam("m_id"))
-    .values(
-        status=PENDING,
-        last_error=bindparam("m_error"),
-        available_at=bindparam("m_available"),
-        updated_at=bindparam("m_now"),
-        lease_expires_at=None,
-    )
+_fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bindparam("m_now"))
+_retry_later = _record_outcome(
+    PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
 )
 
 

@@ -32,7 +32,6 @@ from tests.support.processes import (
     celery_worker,
     free_port,
     gunicorn_web,
-    http_ok,
 )
 
 DATABASES = ["sqlite", "postgresql"]
@@ -177,12 +176,7 @@ def start_web(env: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[Man
     """Start Gunicorn with the project's config on a free port; wait until it answers."""
     port = free_port()
     web = gunicorn_web(env, log_dir / f"web-{port}.log", port=port, workers=workers).start()
-    wait_for(
-        lambda: http_ok(f"http://127.0.0.1:{port}/healthz") or not web.alive(),
-        timeout=60,
-        what="gunicorn to answer",
-    )
-    assert web.alive(), web.log_tail()
+    web.wait_until_answering(f"http://127.0.0.1:{port}/healthz", "gunicorn to answer")
     return web, port
 
 

@@ -32,7 +32,7 @@ from app.config import load_config
 from app.extensions import db
 from tests.conftest import DatabaseFactory, stack_environment, start_web, start_worker
 from tests.support.polling import wait_for
-from tests.support.processes import ManagedProcess, RedisServer, free_port, http_ok
+from tests.support.processes import ManagedProcess, RedisServer, free_port
 from tests.test_monitoring_config import (
     ALERTS,
     PROMETHEUS_CONFIG,
@@ -152,13 +152,7 @@ def start_prometheus(config: dict[str, Any], directory: Path) -> tuple[ManagedPr
     ]
     server = ManagedProcess(argv, os.environ, directory / "prometheus.log").start()
     url = f"http://127.0.0.1:{port}"
-    wait_for(
-        lambda: http_ok(f"{url}/-/ready") or not server.alive(),
-        timeout=30,
-        interval=0.1,
-        what="prometheus to be ready",
-    )
-    assert server.alive(), server.log_tail()
+    server.wait_until_answering(f"{url}/-/ready", "prometheus to be ready", timeout=30)
     return server, url
 
 

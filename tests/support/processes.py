@@ -94,6 +94,11 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
 
+    def wait_until_answering(self, url: str, what: str, timeout: float = 60) -> None:
+        """Poll ``url`` until it answers 200; fail at once if the process dies."""
+        wait_for(lambda: http_ok(url) or not self.alive(), timeout=timeout, interval=0.1, what=what)
+        assert self.alive(), self.log_tail()
+
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
