@@ -33,7 +33,6 @@ from tests.support.processes import (
     celery_worker,
     free_port,
     gunicorn_web,
-    http_ok,
 )
 
 BENCH_DATABASE = "n3hub_bench"
@@ -193,13 +192,7 @@ class Stack:
             process.argv.append(app_spec)
         self._exit.callback(process.stop)
         process.start()
-        wait_for(
-            lambda: http_ok(f"http://127.0.0.1:{port}{probe}") or not process.alive(),
-            timeout=60,
-            what=f"{name} to answer on port {port}",
-        )
-        if not process.alive():
-            raise RuntimeError(f"{name} exited during start-up:\n{process.log_tail()}")
+        process.wait_until_answering(f"http://127.0.0.1:{port}{probe}", f"{name} on port {port}")
         # One worker answering is not all of them: wait until the others have loaded too.
         wait_for(lambda: group_cpu_share(process.pid) < 0.05, timeout=60, interval=0)
         return Web(process, port)
