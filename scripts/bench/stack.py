@@ -135,7 +135,11 @@ class Stack:
         self._exit = ExitStack()
         self.workdir = Path(tempfile.mkdtemp(prefix="n3hub-bench-"))
         self._exit.callback(shutil.rmtree, self.workdir, ignore_errors=True)
-        self.database = Database(requested_database_url, self.workdir)
+        try:
+            self.database = Database(requested_database_url, self.workdir)
+        except BaseException:
+            self._exit.close()
+            raise
         self.gunicorn = gunicorn_settings()
         self.env: dict[str, str] = {}
         self.app: Flask | None = None
