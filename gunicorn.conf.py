@@ -9,9 +9,12 @@ import os
 from prometheus_client import multiprocess
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+# One process per core, many threads each: requests mostly wait on the database,
+# and the threads of one process share its commits (app/ingest.py), which beats
+# more processes queueing on SQLite's single write lock (see BENCHMARKS.md).
+workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 2)))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
