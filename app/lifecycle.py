@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import tallies
 from app.database import read_connection, write_transaction
-from app.models import IdempotencyKey, Message, MessageStatus
+from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
 PROCESSING = MessageStatus.PROCESSING
@@ -214,9 +214,9 @@ def claim_batch(limit: int, lease_seconds: float) -> list[ClaimedMessage]:
     return claimed
 
 
-def _claim(
-    connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
-) -> list[ClaimedMessage]:
+def _claim_statement(*, retried: bool) -> Update:
+    """The claim UPDATE, built once: each call only binds ``m_now``, ``m_limit``, ``m_lease``."""
+    now = bindparam("m_now", type_=UTCDateTime())
     due = (
         select(Message.id)
         .where(
@@ -225,10 +225,10 @@ def _claim(
             Message.available_at <= now,
         )
         .order_by(Message.id)
-        .limit(limit)
+        .limit(bindparam("m_limit"))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
     )
-    rows = connection.execute(
+    return (
         update(Message)
         .where(Message.id.in_(due.scalar_subquery()))
         .values(
@@ -236,9 +236,22 @@ def _claim(
             attempts=Message.attempts + 1,
             started_at=now,
             updated_at=now,
-            lease_expires_at=lease_until,
+            lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
         )
         .returning(Message.id, Message.content, Message.attempts, Message.created_at)
+    )
+
+
+_claim_retried = _claim_statement(retried=True)
+_claim_new = _claim_statement(retried=False)
+
+
+def _claim(
+    connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
+) -> list[ClaimedMessage]:
+    rows = connection.execute(
+        _claim_retried if retried else _claim_new,
+        {"m_now": now, "m_limit": limit, "m_lease": lease_until},
     )
     return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
 
