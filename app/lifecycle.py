@@ -77,6 +77,14 @@ class RetryPolicy:
     def exhausted(self, attempts: int) -> bool:
         return attempts >= self.max_attempts
 
+    def next_status(self, outcome: Outcome) -> MessageStatus:
+        """Where an attempt's outcome sends its message: done, given up, or tried again."""
+        if outcome.succeeded:
+            return COMPLETED
+        if outcome.permanent or self.exhausted(outcome.message.attempts):
+            return FAILED
+        return PENDING
+
 
 @dataclass(frozen=True)
 class FinishReport:
@@ -300,9 +308,10 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
             message = outcome.message
             if (message.id, message.attempts) not in owned:
                 continue
-            if outcome.succeeded:
+            status = policy.next_status(outcome)
+            if status == COMPLETED:
                 completed.append({"m_id": message.id, "m_result": outcome.result, "m_now": now})
-            elif outcome.permanent or policy.exhausted(message.attempts):
+            elif status == FAILED:
                 failed.append({"m_id": message.id, "m_error": outcome.error, "m_now": now})
             else:
                 available = now + timedelta(seconds=policy.delay(message.attempts))

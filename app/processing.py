@@ -142,11 +142,10 @@ def _record_batch(outcomes: list[Outcome], policy: RetryPolicy) -> None:
     CLAIM_BATCH_SIZE.observe(len(outcomes))
     WORKER_LAST_PROGRESS.set(now.timestamp())
     for outcome in outcomes:
-        final = outcome.succeeded or outcome.permanent or policy.exhausted(outcome.message.attempts)
-        if final:
-            status = "completed" if outcome.succeeded else "failed"
+        status = policy.next_status(outcome)
+        if status != lifecycle.PENDING:
             age = (now - outcome.message.created_at).total_seconds()
-            MESSAGE_LATENCY.labels(status).observe(age)
+            MESSAGE_LATENCY.labels(status.value).observe(age)
         if not outcome.succeeded:
             kind = "permanently" if outcome.permanent else "transiently"
             log.warning(
