@@ -17,16 +17,18 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from flask import Flask, current_app
 from flask_migrate import upgrade
 from sqlalchemy import Engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -36,6 +38,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 WRITE_OPTION = "n3hub_write"
 # Any constant works; it only has to be the same in every process that migrates.
 MIGRATION_LOCK_ID = 0x4E334855
+
+WAL_SWITCH_RETRY_SECONDS = 0.005
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization failure
+    "40P01",  # deadlock detected
+}
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -77,17 +85,34 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
     def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         # Hand transaction control to SQLAlchemy so that "begin" below decides the BEGIN.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.close()
+        dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+        enable_wal(dbapi_connection, busy_ms / 1000)
+        dbapi_connection.execute(f"PRAGMA synchronous={synchronous}")
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(WRITE_OPTION, False)
         # Straight to the driver: this runs for every transaction, reads included.
         connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def enable_wal(dbapi_connection: sqlite3.Connection, patience_seconds: float) -> None:
+    """Put the database in WAL mode (a no-op once it is), retrying while others switch it.
+
+    Switching a new file to WAL takes an exclusive lock, and a connection that
+    finds another one switching at the same moment gets "database is locked" at
+    once, without the busy handler: it happened when Gunicorn's workers booted
+    together on a new database.
+    """
+    deadline = time.monotonic() + patience_seconds
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY_SECONDS)
 
 
 class _HostWriterQueue:
@@ -143,6 +168,32 @@ def write_transaction() -> Iterator[Connection]:
 
 
 @contextmanager
+def driver_write_transaction() -> Iterator[tuple[Any, Dialect]]:
+    """A write transaction on the DB-API connection itself, and the dialect it speaks.
+
+    The same rules as :func:`write_transaction` (this host's writer queue, the
+    write lock from BEGIN on SQLite) without SQLAlchemy's ``Connection`` layer,
+    for the one transaction whose fixed cost is worth cutting: the ingest's
+    (:mod:`app.pending_rows`). Errors come straight from the driver;
+    :func:`is_transient_error` knows them.
+    """
+    engine = db.engine
+    with _writer_queue(engine):
+        pooled = engine.raw_connection()
+        try:
+            driver_connection = pooled.driver_connection
+            if engine.dialect.name == "sqlite":
+                driver_connection.execute("BEGIN IMMEDIATE")
+            yield driver_connection, engine.dialect
+            driver_connection.commit()
+        except BaseException:
+            driver_connection.rollback()
+            raise
+        finally:
+            pooled.close()
+
+
+@contextmanager
 def read_connection() -> Iterator[Connection]:
     """A connection for reads; its transaction never takes a write lock."""
     with db.engine.connect() as connection:
@@ -150,15 +201,18 @@ def read_connection() -> Iterator[Connection]:
 
 
 def is_transient_error(error: BaseException) -> bool:
-    """Whether a database error is worth retrying (locked, busy, lost connection, deadlock)."""
-    if isinstance(error, OperationalError):
+    """Whether a database error is worth retrying (locked, busy, lost connection, deadlock).
+
+    Knows SQLAlchemy's wrapped errors and the drivers' own, which
+    :func:`driver_write_transaction` lets through.
+    """
+    if isinstance(error, OperationalError | sqlite3.OperationalError | psycopg.OperationalError):
         return True
     if isinstance(error, DBAPIError):
-        return error.connection_invalidated or getattr(error.orig, "sqlstate", "") in {
-            "40001",  # serialization failure
-            "40P01",  # deadlock detected
-        }
-    return False
+        if error.connection_invalidated:
+            return True
+        error = error.orig
+    return getattr(error, "sqlstate", "") in _TRANSIENT_SQLSTATES
 
 
 def lock_for_migration(connection: Connection) -> None:
