@@ -22,8 +22,8 @@ from sqlalchemy import Update, bindparam, delete, exists, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app import tallies
-from app.database import read_connection, write_transaction
+from app import pending_rows, tallies
+from app.database import driver_write_transaction, read_connection, write_transaction
 from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
@@ -96,12 +96,6 @@ class FinishReport:
     stale: int = 0
 
 
-# Built once: SQLAlchemy then reuses the compiled form on the ingest hot path.
-_insert_message = (
-    insert(Message).values(status=PENDING, attempts=0).returning(*Message.__table__.columns)
-)
-
-
 class IdempotencyKeyReused(Exception):
     """The idempotency key was first used with different content."""
 
@@ -145,7 +139,9 @@ def _create_message(
             replayed = _replay(connection, content, idempotency, now)
             if replayed is not None:
                 return replayed, False
-        [row] = _insert_pending(connection, [content], now)
+        [row] = pending_rows.insert(
+            connection.connection.driver_connection, connection.dialect, [content], now
+        )
         if idempotency is not None:
             connection.execute(
                 insert(IdempotencyKey).values(
@@ -160,19 +156,8 @@ def _create_message(
 
 def create_messages(contents: list[str]) -> list[dict[str, Any]]:
     """Store several new pending messages in one transaction; rows in the given order."""
-    with write_transaction() as connection:
-        return _insert_pending(connection, contents, utcnow())
-
-
-def _insert_pending(
-    connection: Connection, contents: list[str], now: datetime
-) -> list[dict[str, Any]]:
-    times = {"created_at": now, "updated_at": now, "available_at": now}
-    rows = connection.execute(
-        _insert_message, [{"content": content, **times} for content in contents]
-    )
-    tallies.apply(connection, {PENDING: len(contents)})
-    return [row._asdict() for row in rows]
+    with driver_write_transaction() as (driver_connection, dialect):
+        return pending_rows.insert(driver_connection, dialect, contents, utcnow())
 
 
 def _replay(

@@ -34,9 +34,14 @@ _add = (
 )
 
 
+def random_shard() -> int:
+    """The shard a writing transaction updates."""
+    return random.randrange(SHARDS)
+
+
 def apply(connection: Connection, deltas: Mapping[str, int]) -> None:
     """Add each delta to its tally, inside the caller's transaction."""
-    shard = random.randrange(SHARDS)
+    shard = random_shard()
     rows = [
         {"tally_name": name, "tally_shard": shard, "delta": delta}
         for name, delta in sorted(deltas.items())

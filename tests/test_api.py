@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from flask import url_for
 from flask.testing import FlaskClient
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from app.config import load_config
+from app.extensions import db
+from tests.conftest import stack_environment
 
 STATUSES = ["pending", "processing", "completed", "failed"]
 
@@ -42,6 +50,19 @@ def test_create_answers_201_with_id_pending_and_location(client: FlaskClient) ->
     assert total_messages(client) == 1
 
 
+def test_location_is_the_url_of_the_message_under_a_script_root(client: FlaskClient) -> None:
+    """The hand-built Location matches url_for when the app is mounted below a prefix."""
+    response = client.post(
+        "/messages", json={"content": "mounted"}, base_url="http://localhost/n3hub"
+    )
+    assert response.status_code == 201
+    message_id = response.get_json()["id"]
+    with client.application.test_request_context(base_url="http://localhost/n3hub"):
+        expected = url_for("messages.get_message", message_id=message_id)
+    assert expected == f"/n3hub/messages/{message_id}"
+    assert response.headers["Location"] == expected
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -68,6 +89,21 @@ def test_get_message_has_processing_facts(client: FlaskClient) -> None:
     for field in ["started_at", "completed_at", "last_error", "result"]:
         assert field in body
     assert body["created_at"].endswith("+00:00")
+
+
+def test_created_message_reads_back_exactly_as_answered(client: FlaskClient) -> None:
+    """The ingest writes with its own SQL: what it answers is what the database holds."""
+    single = client.post("/messages", json={"content": "single"}).get_json()
+    batch = client.post(
+        "/messages/batch", json={"messages": [{"content": "one"}, {"content": "two"}]}
+    ).get_json()["messages"]
+    keyed = client.post(
+        "/messages", json={"content": "keyed"}, headers={"Idempotency-Key": "read-back"}
+    ).get_json()
+    for created in [single, *batch, keyed]:
+        assert client.get(f"/messages/{created['id']}").get_json() == created
+    stats = client.get("/messages/stats").get_json()
+    assert stats["pending"] == stats["total"] == 4
 
 
 def test_list_is_newest_first_with_cursor_pages(client: FlaskClient) -> None:
@@ -289,6 +325,31 @@ def test_concurrent_requests_with_one_key_create_one_message(client: FlaskClient
     assert sorted(status for status, _ in results) == [200] * 15 + [201]
     assert len({message_id for _, message_id in results}) == 1
     assert total_messages(client) == 1
+
+
+def test_busy_database_is_503_and_writes_nothing(databases, redis_server) -> None:
+    """A write lock held past the busy timeout (another program on the SQLite file) is a 503."""
+    url = databases.create("sqlite")
+    env = stack_environment(url, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1")
+    app = create_app(load_config(env))
+    client = app.test_client()
+    holder = sqlite3.connect(make_url(url).database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        for path, body in [
+            ("/messages", {"content": "blocked"}),
+            ("/messages/batch", {"messages": [{"content": "blocked"}]}),
+        ]:
+            response = client.post(path, json=body)
+            assert_error(response, 503, "service_unavailable")
+            assert response.headers["Retry-After"] == "1"
+        holder.execute("ROLLBACK")
+        assert total_messages(client) == 0
+        assert client.post("/messages", json={"content": "after"}).status_code == 201
+    finally:
+        holder.close()
+        with app.app_context():
+            db.engine.dispose()
 
 
 def test_batch_create_stores_all_in_order(client: FlaskClient) -> None:

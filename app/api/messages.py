@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, request, url_for
+from flask import Blueprint, current_app, request
 
 from app import lifecycle, queries
 from app.api.errors import APIError
@@ -46,6 +46,15 @@ def message_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _location(message_id: int) -> str:
+    """The URL of a message, as ``url_for("messages.get_message")`` builds it.
+
+    Built by hand: ``url_for`` walks the routing map on every call, which was
+    ~5 % of the web's CPU per ``POST /messages`` under load.
+    """
+    return f"{request.root_path}{bp.url_prefix}/{message_id}"
+
+
 def _existing(message_id: int) -> dict[str, Any]:
     row = queries.get_message(message_id) if message_id <= MAX_ID else None
     if row is None:
@@ -69,7 +78,7 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
         row, created = current_app.extensions["group_commit"].create(content), True
     else:
         row, created = _create_idempotent(content, idempotency)
-    location = url_for("messages.get_message", message_id=row["id"])
+    location = _location(row["id"])
     if not created:
         return message_out(row), 200, {"Location": location, "Idempotent-Replayed": "true"}
     current_app.extensions["drain_requests"].request_soon()

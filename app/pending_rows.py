@@ -1,0 +1,93 @@
+"""The ingest hot path: new pending messages written with fixed SQL on the driver's cursor.
+
+``POST /messages`` is the request the service answers most, and its
+transaction is always the same two statements: insert the messages, add their
+number to the pending tally. Through SQLAlchemy Core each statement costs more
+CPU in execution-context and result machinery than SQLite spends running it
+(BENCHMARKS.md, "Ingest"), so these two run as plain SQL on the DB-API
+connection (:func:`app.database.driver_write_transaction`). Timestamps go
+through the column type's own bind processor, so they are stored exactly as
+SQLAlchemy stores them elsewhere. Every other write keeps to SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+
+from app import tallies
+from app.models import Message, MessageStatus, Tally, UTCDateTime
+
+PENDING = MessageStatus.PENDING
+# The columns a new message does not set: every one is NULL until processing starts.
+_UNSET = ("started_at", "completed_at", "lease_expires_at", "last_error", "result")
+
+
+class _Statements:
+    """The insert and tally SQL in one dialect's parameter style."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
+        table, tally = Message.__tablename__, Tally.__tablename__
+        self.insert = (
+            f"INSERT INTO {table} (content, status, attempts, created_at, updated_at, available_at)"
+            f" VALUES ({mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
+        )
+        self.add_to_tally = (
+            f"UPDATE {tally} SET value = value + {mark} WHERE name = {mark} AND shard = {mark}"
+        )
+        identity: Callable[[Any], Any] = lambda value: value  # noqa: E731
+        self.timestamp = UTCDateTime().bind_processor(dialect) or identity
+
+
+_statements: dict[str, _Statements] = {}
+_statements_lock = threading.Lock()
+
+
+def _for(dialect: Dialect) -> _Statements:
+    statements = _statements.get(dialect.name)
+    if statements is None:
+        with _statements_lock:
+            statements = _statements.setdefault(dialect.name, _Statements(dialect))
+    return statements
+
+
+def insert(
+    driver_connection: Any, dialect: Dialect, contents: list[str], now: datetime
+) -> list[dict[str, Any]]:
+    """Insert pending messages in the DB-API connection's transaction; their rows, in order."""
+    statements = _for(dialect)
+    stored_now = statements.timestamp(now)
+    cursor = driver_connection.cursor()
+    try:
+        ids = []
+        for content in contents:
+            cursor.execute(statements.insert, (content, stored_now, stored_now, stored_now))
+            ids.append(cursor.fetchone()[0])
+        cursor.execute(
+            statements.add_to_tally, (len(contents), PENDING.value, tallies.random_shard())
+        )
+    finally:
+        cursor.close()
+    return [
+        _new_row(message_id, content, now)
+        for message_id, content in zip(ids, contents, strict=True)
+    ]
+
+
+def _new_row(message_id: int, content: str, now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": message_id,
+        "content": content,
+        "status": PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "available_at": now,
+    }
+    row.update(dict.fromkeys(_UNSET))
+    return row
