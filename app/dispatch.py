@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from enum import Enum
 
 from celery import Celery
 from flask import Flask
@@ -35,8 +36,15 @@ DRAIN_QUEUED_TTL_SECONDS = 5
 # After a broker failure, requests skip the broker for this long instead of each waiting on it.
 COOL_OFF_SECONDS = 1.0
 WAKE_COALESCE_SECONDS = 0.002
+WAKE_PAUSE_WHILE_QUEUED_SECONDS = 0.005
 
 log = logging.getLogger(__name__)
+
+
+class _Asked(Enum):
+    QUEUED = "queued"
+    ALREADY_QUEUED = "already queued"
+    UNREACHABLE = "unreachable"
 
 
 class DrainRequests:
@@ -70,28 +78,36 @@ class DrainRequests:
         while True:
             self._wanted.wait()
             self._wanted.clear()
-            self.request()
+            outcome = self._ask()
             # Under load a commit lands every fraction of a millisecond; pausing here
             # folds them into one broker round trip, at the cost of this much latency.
-            time.sleep(WAKE_COALESCE_SECONDS)
+            # A drain found queued has not started, so it will see the commits of a
+            # longer pause: only those after its last claim wait for the next wake.
+            if outcome is _Asked.ALREADY_QUEUED:
+                time.sleep(WAKE_PAUSE_WHILE_QUEUED_SECONDS)
+            else:
+                time.sleep(WAKE_COALESCE_SECONDS)
 
     def request(self) -> bool:
         """Ask for a drain; False when the broker could not be reached."""
+        return self._ask() is not _Asked.UNREACHABLE
+
+    def _ask(self) -> _Asked:
         if time.monotonic() < self._quiet_until:
-            return False
+            return _Asked.UNREACHABLE
         try:
             if self._redis is not None and not self._redis.set(
                 self._queued_key, "1", nx=True, ex=DRAIN_QUEUED_TTL_SECONDS
             ):
-                return True
+                return _Asked.ALREADY_QUEUED
             self._celery.send_task(DRAIN_TASK, retry=False)
-            return True
+            return _Asked.QUEUED
         except Exception as error:  # whatever the broker raised, the message is already safe
             BROKER_PUBLISH_FAILURES.inc()
             self._quiet_until = time.monotonic() + COOL_OFF_SECONDS
             log.warning("broker unreachable, drain left to the recovery sweep: %s", error)
             self.started()
-            return False
+            return _Asked.UNREACHABLE
 
     def queue_length(self) -> int | None:
         """Drain tasks waiting in the broker, when the broker is this Redis and answers."""
