@@ -64,7 +64,10 @@ class DrainRequests:
         """Ask for a drain from this process's waker thread; never blocks the caller."""
         if self._waker_pid != os.getpid():
             self._start_waker()
-        self._wanted.set()
+        # Already raised means the waker has yet to lower it, and it asks after lowering
+        # it: this commit is covered. Reading the flag skips Event.set's lock under load.
+        if not self._wanted.is_set():
+            self._wanted.set()
 
     def _start_waker(self) -> None:
         with self._waker_lock:
