@@ -214,10 +214,16 @@ def _claim_statement(*, retried: bool) -> Update:
         select(Message.id)
         .where(
             Message.status == PENDING,
-            Message.attempts > 0 if retried else Message.attempts == 0,
+            Message.attempts > 0 if retried else Message.attempts < 1,
             Message.available_at <= now,
         )
-        .order_by(Message.id)
+        # Oldest first, in the order of ix_messages_status_attempts_id, and with a range
+        # on attempts ("< 1", not "= 0", which would reduce the order to id alone): only
+        # that index gives this order without a sort, so PostgreSQL keeps to it even
+        # when its statistics still say most rows are pending, right after a backlog
+        # drains. Ordered by id it chose the primary key and read every completed row
+        # on each claim (16 ms at 45,000 rows).
+        .order_by(Message.attempts, Message.id)
         .limit(bindparam("m_limit"))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
     )

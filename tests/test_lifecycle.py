@@ -185,3 +185,28 @@ def test_group_commit_gives_each_concurrent_caller_its_own_row(isolated_app: Fla
     for row in rows:
         assert queries.get_message(row["id"])["content"] == row["content"]
     assert stats_add_up()["pending"] == 400
+
+
+@pytest.mark.parametrize("retried", [True, False])
+def test_claims_use_the_claim_index_even_with_stale_statistics(retried: bool) -> None:
+    """Right after a backlog drains, the planner's statistics still say most rows are pending.
+
+    By id order alone PostgreSQL then scanned the primary key through every
+    completed row for each claim; the claim must stay on its own index.
+    """
+    for _ in range(5):
+        lifecycle.create_messages(["drained backlog"] * 1000)
+    with write_transaction() as connection:
+        connection.exec_driver_sql("ANALYZE messages")
+    with write_transaction() as connection:
+        connection.execute(update(Message).values(status="completed", attempts=1))
+        statement = lifecycle._claim_retried if retried else lifecycle._claim_new
+        compiled = statement.compile(dialect=connection.dialect)
+        now = lifecycle.utcnow().replace(tzinfo=None).isoformat(sep=" ")
+        values = compiled.construct_params({"m_now": now, "m_limit": 200, "m_lease": now})
+        if connection.dialect.name == "postgresql":
+            plan = connection.exec_driver_sql(f"EXPLAIN {compiled}", values).scalars().all()
+        else:
+            positional = tuple(values[name] for name in compiled.positiontup)
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional).all()
+    assert "ix_messages_status_attempts_id" in str(plan), plan
