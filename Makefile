@@ -27,8 +27,8 @@ run: venv ## Run the stack in the foreground: Redis (if none answers), web on :5
 	flask --app app db upgrade
 	if python -m scripts.local_redis check; then honcho start web worker; else honcho start; fi
 
-test: venv lint ## Run the linters and the whole test suite (installs promtool when it can)
-	bash scripts/ensure_promtool.sh
+test: venv lint ## Run the linters and the whole test suite (installs promtool and docker-compose when it can)
+	bash scripts/ensure_test_tools.sh
 	pytest $(PYTEST_ARGS)
 
 lint: venv ## Check style with ruff

@@ -3,7 +3,7 @@
 promtool validates the config and the rules and runs the rules' unit tests; the
 dashboard's and the rules' queries may only name series the service really exposes.
 Tests that need promtool skip without it, unless ``N3HUB_REQUIRE_PROMTOOL=1`` (CI),
-which turns a missing binary into a failure (``scripts/ensure_promtool.sh`` installs it).
+which turns a missing binary into a failure (``scripts/ensure_test_tools.sh`` installs it).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (scripts/ensure_promtool.sh installs it)"
+    message = f"{name} is not installed (scripts/ensure_test_tools.sh installs it)"
     if os.environ.get("N3HUB_REQUIRE_PROMTOOL") == "1":
         pytest.fail(f"N3HUB_REQUIRE_PROMTOOL=1 but {message}")
     pytest.skip(message)
