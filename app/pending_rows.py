@@ -12,7 +12,6 @@ SQLAlchemy stores them elsewhere. Every other write keeps to SQLAlchemy.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -40,19 +39,18 @@ class _Statements:
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark} WHERE name = {mark} AND shard = {mark}"
         )
-        identity: Callable[[Any], Any] = lambda value: value  # noqa: E731
-        self.timestamp = UTCDateTime().bind_processor(dialect) or identity
+        self.timestamp: Callable[[datetime], Any] = UTCDateTime().bind_processor(dialect) or (
+            lambda value: value
+        )
 
 
 _statements: dict[str, _Statements] = {}
-_statements_lock = threading.Lock()
 
 
 def _for(dialect: Dialect) -> _Statements:
     statements = _statements.get(dialect.name)
-    if statements is None:
-        with _statements_lock:
-            statements = _statements.setdefault(dialect.name, _Statements(dialect))
+    if statements is None:  # two threads may both build it; either result is the same
+        statements = _statements.setdefault(dialect.name, _Statements(dialect))
     return statements
 
 
