@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from app import lifecycle, queries
 from app.database import read_connection, write_transaction
@@ -187,12 +189,28 @@ def test_group_commit_gives_each_concurrent_caller_its_own_row(isolated_app: Fla
     assert stats_add_up()["pending"] == 400
 
 
-@pytest.mark.parametrize("retried", [True, False])
-def test_claims_use_the_claim_index_even_with_stale_statistics(retried: bool) -> None:
+def sweep_check(retried: bool) -> Any:
+    """The statement the recovery sweep runs to see whether anything is due."""
+    return lifecycle._due(retried=retried, now=bindparam("m_now")).limit(1)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        pytest.param(lambda: lifecycle._claim_retried, id="claim-retried"),
+        pytest.param(lambda: lifecycle._claim_new, id="claim-new"),
+        pytest.param(lambda: sweep_check(retried=True), id="due-retried"),
+        pytest.param(lambda: sweep_check(retried=False), id="due-new"),
+    ],
+)
+def test_claims_use_the_claim_index_even_with_stale_statistics(
+    statement: Callable[[], Any],
+) -> None:
     """Right after a backlog drains, the planner's statistics still say most rows are pending.
 
     By id order alone PostgreSQL then scanned the primary key through every
-    completed row for each claim; the claim must stay on its own index.
+    completed row for each claim; claims and the sweep's check must stay on
+    the claim index.
     """
     for _ in range(5):
         lifecycle.create_messages(["drained backlog"] * 1000)
@@ -200,8 +218,7 @@ def test_claims_use_the_claim_index_even_with_stale_statistics(retried: bool) ->
         connection.exec_driver_sql("ANALYZE messages")
     with write_transaction() as connection:
         connection.execute(update(Message).values(status="completed", attempts=1))
-        statement = lifecycle._claim_retried if retried else lifecycle._claim_new
-        compiled = statement.compile(dialect=connection.dialect)
+        compiled = statement().compile(dialect=connection.dialect)
         now = lifecycle.utcnow().replace(tzinfo=None).isoformat(sep=" ")
         values = compiled.construct_params({"m_now": now, "m_limit": 200, "m_lease": now})
         if connection.dialect.name == "postgresql":
