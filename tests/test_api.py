@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask import url_for
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.config import load_config
@@ -379,3 +381,30 @@ def test_bad_batch_is_rejected_whole(client: FlaskClient, body: dict, field: str
     error = assert_error(client.post("/messages/batch", json=body), 400, "validation_error")
     assert error["details"]["field"] == field
     assert total_messages(client) == 0
+
+
+def test_ingest_survives_postgresql_dropping_its_connections(databases, redis_server) -> None:
+    """The ingest's pooled DB-API connections are checked (pre-ping) before reuse."""
+    url = databases.create("postgresql")
+    app = create_app(load_config(stack_environment(url, redis_server.url)))
+    client = app.test_client()
+    try:
+        assert client.post("/messages", json={"content": "before"}).status_code == 201
+        outsider = create_engine(url, poolclass=NullPool)
+        with outsider.begin() as connection:
+            terminated = connection.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar()
+        outsider.dispose()
+        assert terminated >= 1  # the app's pooled connection, idle since the first POST
+        for path, body in [
+            ("/messages", {"content": "after"}),
+            ("/messages/batch", {"messages": [{"content": "after, in a batch"}]}),
+        ]:
+            response = client.post(path, json=body)
+            assert response.status_code == 201, response.get_json()
+        assert total_messages(client) == 3
+    finally:
+        with app.app_context():
+            db.engine.dispose()
