@@ -103,7 +103,7 @@ class DrainRequests:
                 self._queued_key, "1", nx=True, ex=DRAIN_QUEUED_TTL_SECONDS
             ):
                 return _Asked.ALREADY_QUEUED
-            self._celery.send_task(DRAIN_TASK, retry=False)
+            self._celery.send_task(DRAIN_TASK, retry=False, ignore_result=True)
             return _Asked.QUEUED
         except Exception as error:  # whatever the broker raised, the message is already safe
             BROKER_PUBLISH_FAILURES.inc()
