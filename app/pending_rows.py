@@ -22,8 +22,8 @@ from app import tallies
 from app.models import Message, MessageStatus, Tally, UTCDateTime
 
 PENDING = MessageStatus.PENDING
-# The columns a new message does not set: every one is NULL until processing starts.
-_UNSET = ("started_at", "completed_at", "lease_expires_at", "last_error", "result")
+# Every column of a message, in table order: those a new message does not set stay NULL.
+_COLUMNS = tuple(Message.__table__.columns.keys())
 
 
 class _Statements:
@@ -78,14 +78,14 @@ def insert(
 
 
 def _new_row(message_id: int, content: str, now: datetime) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": message_id,
-        "content": content,
-        "status": PENDING,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-        "available_at": now,
-    }
-    row.update(dict.fromkeys(_UNSET))
+    row: dict[str, Any] = dict.fromkeys(_COLUMNS)
+    row.update(
+        id=message_id,
+        content=content,
+        status=PENDING,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        available_at=now,
+    )
     return row
