@@ -7,12 +7,13 @@ SQLite's instant SQLITE_BUSY when a reading transaction later tries to write.
 Writers also queue on an OS lock on a file beside the database before BEGIN:
 SQLite's own busy handler polls with sleeps of up to 100 ms, which under
 contention leaves the database idle while writers sleep; a kernel lock hands
-over at once.
+over at once (waited for off the event loop under gevent: :mod:`app.cooperative`).
 Pooled connections are dropped in forked children (Gunicorn, Celery prefork).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from app.cooperative import call_blocking
 from app.extensions import db, migrate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -137,10 +139,24 @@ class _HostWriterQueue:
         with self._threads:
             descriptor = os.open(f"{database_path}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.lockf(descriptor, fcntl.LOCK_EX)
+                _lock_exclusively(descriptor)
                 yield
             finally:
                 os.close(descriptor)  # closing releases the lock
+
+
+def _lock_exclusively(descriptor: int) -> None:
+    """Take the POSIX write lock on ``descriptor``, waiting off the event loop if it is held.
+
+    POSIX locks belong to the process, so a lock taken on gevent's native thread
+    is this process's lock all the same, released when the descriptor closes.
+    """
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        call_blocking(fcntl.lockf, descriptor, fcntl.LOCK_EX)
 
 
 _host_writers = _HostWriterQueue()

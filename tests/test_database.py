@@ -1,11 +1,16 @@
-"""Database helpers: which errors are transient, and switching SQLite files to WAL."""
+"""Database helpers: transient errors, switching SQLite files to WAL, waiting for the write lock."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import multiprocessing
+import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.request import Request, urlopen
 
 import psycopg
 import pytest
@@ -13,6 +18,9 @@ from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from app.database import enable_wal, is_transient_error
+from tests.conftest import stack_environment, start_web
+from tests.support.polling import wait_for
+from tests.support.processes import RedisServer
 
 
 @pytest.mark.parametrize(
@@ -65,3 +73,47 @@ def test_processes_switching_a_new_file_to_wal_together_all_succeed(tmp_path: Pa
         for process in processes:
             process.join(timeout=30)
         assert results == ["wal"] * processes_per_round, f"round {round_number}: {results}"
+
+
+def _http(port: int, path: str, body: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urlopen(request, timeout=10) as response:
+        return response.status, json.load(response)
+
+
+def _lock_waiters() -> int:
+    """Blocked POSIX lock requests on this machine (``->`` lines of /proc/locks)."""
+    return sum("->" in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_a_web_process_answers_while_its_write_waits_for_another_process(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Under gevent, one request waiting for SQLite's write lock must not stop the others."""
+    database = tmp_path / "messages.db"
+    env = stack_environment(f"sqlite:///{database}", redis_server.url)
+    web, port = start_web(env, tmp_path, workers=1)
+    waiters_before = _lock_waiters()
+    # This test process plays another writer: it holds the host's writer lock.
+    descriptor = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            post = pool.submit(_http, port, "/messages", {"content": "waits for the lock"})
+            wait_for(lambda: _lock_waiters() > waiters_before, what="the POST to wait for the lock")
+            status, stats = _http(port, "/messages/stats")
+            assert (status, stats["pending"]) == (200, 0)
+            assert not post.done()
+            os.close(descriptor)
+            descriptor = -1
+            status, created = post.result(timeout=10)
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
+        web.stop()
+    assert (status, created["status"]) == (201, "pending")

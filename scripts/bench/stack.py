@@ -49,7 +49,13 @@ OWN_VARIABLES = (
     "PORT",
 )
 # Knobs that change what is measured; listed in the results when the caller sets them.
-TUNING_VARIABLES = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_ACCESSLOG", "FLASK_ENV")
+TUNING_VARIABLES = (
+    "WEB_CONCURRENCY",
+    "GUNICORN_WORKER_CLASS",
+    "GUNICORN_THREADS",
+    "GUNICORN_ACCESSLOG",
+    "FLASK_ENV",
+)
 
 
 def tuning_overrides(env: dict[str, str]) -> dict[str, str]:
@@ -62,7 +68,7 @@ def tuning_overrides(env: dict[str, str]) -> dict[str, str]:
 
 
 def gunicorn_settings() -> dict[str, Any]:
-    """Workers and threads as the project's ``gunicorn.conf.py`` computes them here."""
+    """Workers, worker type and threads as the project's ``gunicorn.conf.py`` computes them here."""
     settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     return {key: settings[key] for key in ("workers", "threads", "worker_class", "accesslog")}
 
