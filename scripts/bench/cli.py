@@ -31,6 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--duration", type=float, default=5, help="seconds per throughput run")
+    parser.add_argument(
+        "--many-connections",
+        type=int,
+        default=128,
+        help="connections of the second hello-world/ingest comparison (0 skips it)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="hello-world/ingest rounds")
     parser.add_argument("--paced-seconds", type=float, default=10, help="seconds per paced rate")
     parser.add_argument("--rates", default="50,500", help="paced rates in messages/s")
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
             database_url=stack.database.describe(),
             load_tool=loop.tool,
             connections=loop.connections,
+            many_connections=args.many_connections or None,
             gunicorn=stack.gunicorn,
             celery_concurrency=WORKER_CONCURRENCY,
             batch_size=app.config["BATCH_SIZE"],
@@ -85,6 +92,13 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
         results["ceiling"], results["ingest"] = phases.measure_ingest(
             stack, web, loop, app, args.rounds, profiler, say
         )
+        if args.many_connections:
+            # Group commit shares a transaction among the requests of a process that
+            # arrive together: more connections, larger groups. Measured on both sides.
+            many = ClosedLoop(wrk, stack.workdir, args.duration, args.many_connections)
+            results["ceiling_many"], results["ingest_many"] = phases.measure_ingest(
+                stack, web, many, app, args.rounds, Profiler(False, profiler.directory, say), say
+            )
         results["batch_ingest"] = phases.measure_batch_ingest(web, loop, app, say)
         phases.top_up_backlog(app, args.backlog, say)
         results["drain"] = phases.measure_drain(stack, web, app, profiler, say)

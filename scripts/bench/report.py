@@ -67,6 +67,7 @@ READ_ENDPOINTS = ("GET /messages", "GET /messages?status=failed", "GET /messages
 
 TARGETS = [
     Target(("ingest", "ratio_to_ceiling"), operator.ge, 0.5, ">= 0.50"),
+    Target(("ingest_many", "ratio_to_ceiling"), operator.ge, 0.5, ">= 0.50"),
     Target(("drain", "first_to_last_rate"), operator.ge, 3000, ">= 3000"),
     Target(("latency", "50", "p50_ms"), operator.le, 10, "<= 10"),
     Target(("latency", "50", "p99_ms"), operator.le, 50, "<= 50"),
@@ -105,12 +106,28 @@ def _read_rows(endpoint: str) -> list[Row]:
     ]
 
 
+def _ingest_rows(connections: Any, ceiling: str, ingest: str) -> list[Row]:
+    at = f"@ {connections} conn."
+    cpu = "web_cpu_ms_per_request"
+    return [
+        Row(f"hello-world ceiling {at} (req/s)", (ceiling, "per_second")),
+        Row(f"POST /messages, durable, {at} (req/s)", (ingest, "per_second")),
+        Row(f"  web CPU per request: hello-world {at} (ms)", (ceiling, cpu), 2),
+        Row(f"  web CPU per request: POST {at} (ms)", (ingest, cpu), 2),
+        Row(f"ingest / ceiling {at}", (ingest, "ratio_to_ceiling"), 2),
+    ]
+
+
+def rows(run: Mapping[str, Any]) -> list[Row]:
+    """The table's lines; the ingest ones name the connection counts of this run."""
+    return [
+        *_ingest_rows(run.get("connections", "?"), "ceiling", "ingest"),
+        *_ingest_rows(run.get("many_connections", "?"), "ceiling_many", "ingest_many"),
+        *ROWS,
+    ]
+
+
 ROWS = [
-    Row("hello-world ceiling (req/s)", ("ceiling", "per_second")),
-    Row("POST /messages, durable (req/s)", ("ingest", "per_second")),
-    Row("hello-world web CPU per request (ms)", ("ceiling", "web_cpu_ms_per_request"), 2),
-    Row("POST /messages web CPU per request (ms)", ("ingest", "web_cpu_ms_per_request"), 2),
-    Row("ingest / ceiling", ("ingest", "ratio_to_ceiling"), 2),
     Row("batch ingest, POST /messages/batch (msg/s)", ("batch_ingest", "messages_per_second")),
     Row("drain, worker start -> all done (msg/s)", ("drain", "wall_rate")),
     Row("drain, first -> last completion (msg/s)", ("drain", "first_to_last_rate")),
@@ -131,8 +148,9 @@ def _format(value: Any, decimals: int) -> str:
 def table(results: Mapping[str, Any]) -> str:
     """The results as a fixed-width text table with a verdict per target."""
     targets = {target.path: target for target in TARGETS}
-    width = max(len(row.label) for row in ROWS)
     run = results.get("run", {})
+    lines_of = rows(run)
+    width = max(len(row.label) for row in lines_of)
     host = run.get("machine", {})
     lines = [
         f"N3Hub bench on {run.get('database', '?')}: {host.get('nproc')} CPUs"
@@ -140,7 +158,7 @@ def table(results: Mapping[str, Any]) -> str:
         f"{'figure':<{width}}  {'value':>10}  {'target':<8}  verdict",
     ]
     lines.append("-" * len(lines[-1]))
-    for row in ROWS:
+    for row in lines_of:
         target = targets.get(row.path)
         value = _format(lookup(results, row.path), row.decimals)
         goal, verdict = (target.text, target.verdict(results)) if target else ("", "")
