@@ -13,7 +13,7 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 # a request mostly waits on the database, and the requests of one process share
 # their commits (app/ingest.py), which beats more processes queueing on SQLite's
 # single write lock. Greenlets hand over more cheaply than threads: on 2 cores
-# they store ~1.5x the messages per second of 16 gthreads (see BENCHMARKS.md).
+# they store 1.6-1.9x the messages per second of 16 gthreads (see BENCHMARKS.md).
 workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 2)))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 # Only for GUNICORN_WORKER_CLASS=gthread; gevent takes up to worker_connections (1000).
