@@ -114,7 +114,7 @@ def _ingest_rows(connections: Any, ceiling: str, ingest: str) -> list[Row]:
         Row(f"POST /messages, durable, {at} (req/s)", (ingest, "per_second")),
         Row(f"  web CPU per request: hello-world {at} (ms)", (ceiling, cpu), 2),
         Row(f"  web CPU per request: POST {at} (ms)", (ingest, cpu), 2),
-        Row(f"ingest / ceiling {at}", (ingest, "ratio_to_ceiling"), 2),
+        Row(f"ingest / ceiling {at}", (ingest, "ratio_to_ceiling"), 3),
     ]
 
 
