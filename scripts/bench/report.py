@@ -118,11 +118,12 @@ def _ingest_rows(connections: Any, ceiling: str, ingest: str) -> list[Row]:
     ]
 
 
-def rows(run: Mapping[str, Any]) -> list[Row]:
-    """The table's lines; the ingest ones name the connection counts of this run."""
+def _rows(run: Mapping[str, Any]) -> list[Row]:
+    """The table's lines; the ingest ones name the connection counts this run measured."""
+    many = run.get("many_connections")
     return [
         *_ingest_rows(run.get("connections", "?"), "ceiling", "ingest"),
-        *_ingest_rows(run.get("many_connections", "?"), "ceiling_many", "ingest_many"),
+        *(_ingest_rows(many, "ceiling_many", "ingest_many") if many else []),
         *ROWS,
     ]
 
@@ -149,7 +150,7 @@ def table(results: Mapping[str, Any]) -> str:
     """The results as a fixed-width text table with a verdict per target."""
     targets = {target.path: target for target in TARGETS}
     run = results.get("run", {})
-    lines_of = rows(run)
+    lines_of = _rows(run)
     width = max(len(row.label) for row in lines_of)
     host = run.get("machine", {})
     lines = [
