@@ -98,6 +98,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PROCESSOR": _text(env, "N3HUB_PROCESSOR", "app.processors:analyse_text"),
         "BATCH_SIZE": _integer(env, "N3HUB_BATCH_SIZE", 200),
         "DRAIN_BUDGET": _seconds(env, "N3HUB_DRAIN_BUDGET", 5.0, 0.1),
+        "GATHER_SECONDS": _seconds(env, "N3HUB_GATHER_SECONDS", 0.02),
         "MAX_ATTEMPTS": _integer(env, "N3HUB_MAX_ATTEMPTS", 5),
         "RETRY_BASE_DELAY": _seconds(env, "N3HUB_RETRY_BASE_DELAY", 1.0),
         "RETRY_MAX_DELAY": _seconds(env, "N3HUB_RETRY_MAX_DELAY", 300.0),

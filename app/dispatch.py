@@ -1,12 +1,19 @@
 """Wake-ups for the workers: the cheap signal sent after a message is committed.
 
 Workers drain the database in batches, so the web does not send one task per
-message. It sends a ``drain`` task only when none is already queued: a Redis key
-set with NX marks "a drain is queued", and the worker deletes it as the drain
-starts. A message committed before that delete is seen by the starting drain;
-one committed after it finds the key gone and queues a new drain. If the broker
-is unreachable the message still stands committed, and the recovery sweep in
-every worker queues the drain later.
+message. A Redis key, the drain marker, says "a drain is queued, or running and
+about to claim again": the web sends a ``drain`` task only when it can set the
+marker (SET NX). A drain keeps the marker set while it works, so under a steady
+flow one drain takes every message and no task is sent at all; it clears the
+marker only when a claim finds nothing, then looks once more (a read), because a
+message committed just before the clear saw the marker and asked nobody. If the
+broker is unreachable the message still stands committed, and the recovery
+sweep in every worker queues the drain later. A marker left by a worker that
+died expires on its own.
+
+A drain that needs help (a full batch, a backlog) or hands over (its time budget
+is spent) queues one more drain whatever the marker says; a second key keeps
+that to one such task waiting at a time.
 
 Web requests do not talk to the broker at all: they raise a flag and answer.
 A background thread per process lowers the flag and then asks for a drain, so
@@ -30,9 +37,11 @@ from redis.exceptions import RedisError
 from app.metrics import BROKER_PUBLISH_FAILURES
 
 DRAIN_TASK = "n3hub.drain_messages"
-DRAIN_QUEUED_KEY_PREFIX = "n3hub:drain-queued:"
-# A lost drain task cannot hold the key for long; the sweep queues another after this.
-DRAIN_QUEUED_TTL_SECONDS = 5
+DRAIN_MARKER_KEY_PREFIX = "n3hub:drain-marker:"
+DRAIN_HELP_KEY_PREFIX = "n3hub:drain-help:"
+# A lost drain task or a dead drain cannot hold a key for long: the sweep queues
+# another drain after this. A running drain refreshes the marker well within it.
+DRAIN_MARKER_TTL_SECONDS = 5
 # After a broker failure, requests skip the broker for this long instead of each waiting on it.
 COOL_OFF_SECONDS = 1.0
 WAKE_COALESCE_SECONDS = 0.002
@@ -48,13 +57,14 @@ class _Asked(Enum):
 
 
 class DrainRequests:
-    """Queues a drain task unless one is already waiting for a worker."""
+    """Queues drain tasks, unless a drain holds the marker, and tracks the marker for drains."""
 
     def __init__(self, celery: Celery, redis: Redis | None, queue: str) -> None:
         self._celery = celery
         self._redis = redis
         self._queue = queue
-        self._queued_key = DRAIN_QUEUED_KEY_PREFIX + queue
+        self._marker_key = DRAIN_MARKER_KEY_PREFIX + queue
+        self._help_key = DRAIN_HELP_KEY_PREFIX + queue
         self._quiet_until = 0.0
         self._wanted = threading.Event()
         self._waker_pid = 0
@@ -84,23 +94,28 @@ class DrainRequests:
             outcome = self._ask()
             # Under load a commit lands every fraction of a millisecond; pausing here
             # folds them into one broker round trip, at the cost of this much latency.
-            # A drain found queued has not started, so it will see the commits of a
-            # longer pause: only those after its last claim wait for the next wake.
+            # A marker found held means a drain will claim again and see the commits of
+            # a longer pause; one that clears the marker looks once more before it ends.
             if outcome is _Asked.ALREADY_QUEUED:
                 time.sleep(WAKE_PAUSE_WHILE_QUEUED_SECONDS)
             else:
                 time.sleep(WAKE_COALESCE_SECONDS)
 
     def request(self) -> bool:
-        """Ask for a drain; False when the broker could not be reached."""
+        """Ask for a drain unless one holds the marker; False if the broker is unreachable."""
         return self._ask() is not _Asked.UNREACHABLE
 
-    def _ask(self) -> _Asked:
+    def request_help(self) -> bool:
+        """Queue one more drain even though the marker is held, unless such a one still waits."""
+        return self._ask(self._help_key) is not _Asked.UNREACHABLE
+
+    def _ask(self, key: str | None = None) -> _Asked:
+        key = key or self._marker_key
         if time.monotonic() < self._quiet_until:
             return _Asked.UNREACHABLE
         try:
             if self._redis is not None and not self._redis.set(
-                self._queued_key, "1", nx=True, ex=DRAIN_QUEUED_TTL_SECONDS
+                key, "1", nx=True, ex=DRAIN_MARKER_TTL_SECONDS
             ):
                 return _Asked.ALREADY_QUEUED
             self._celery.send_task(DRAIN_TASK, retry=False, ignore_result=True)
@@ -109,7 +124,7 @@ class DrainRequests:
             BROKER_PUBLISH_FAILURES.inc()
             self._quiet_until = time.monotonic() + COOL_OFF_SECONDS
             log.warning("broker unreachable, drain left to the recovery sweep: %s", error)
-            self.started()
+            self._delete(key)
             return _Asked.UNREACHABLE
 
     def queue_length(self) -> int | None:
@@ -122,12 +137,36 @@ class DrainRequests:
             return None
 
     def started(self) -> None:
-        """Clear the "drain queued" marker: called as a drain starts, or when queueing failed."""
+        """A drain starts: it now holds the marker, and a help request no longer waits."""
+        if self._redis is None:
+            return
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._marker_key, "1", ex=DRAIN_MARKER_TTL_SECONDS)
+                pipe.delete(self._help_key)
+                pipe.execute()
+        except RedisError as error:
+            log.warning("could not set the drain marker: %s", error)
+
+    def hold(self) -> None:
+        """Refresh the marker: this drain will claim again, so new commits need not ask."""
+        if self._redis is None:
+            return
+        try:
+            self._redis.set(self._marker_key, "1", ex=DRAIN_MARKER_TTL_SECONDS)
+        except RedisError as error:
+            log.warning("could not refresh the drain marker: %s", error)
+
+    def release(self) -> None:
+        """Clear the marker: this drain found nothing due, so later commits must ask again."""
+        self._delete(self._marker_key)
+
+    def _delete(self, key: str) -> None:
         try:
             if self._redis is not None:
-                self._redis.delete(self._queued_key)
+                self._redis.delete(key)
         except RedisError as error:
-            log.warning("could not clear the drain marker (it expires on its own): %s", error)
+            log.warning("could not clear a drain key (it expires on its own): %s", error)
 
 
 def init_app(app: Flask) -> None:

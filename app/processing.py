@@ -1,9 +1,18 @@
 """The worker side: claim a batch, run the processor on each message, write the outcomes.
 
 A drain keeps claiming until nothing is due or its time budget is spent. Batches
-adapt to the load by themselves: a quiet system yields batches of one, handled
-as soon as they arrive; a backlog yields full batches, one transaction each, and
-every full batch asks for one more drain so that idle workers join in.
+adapt to the load: a quiet system yields batches of one, handled as soon as
+they arrive; a backlog yields full batches, one transaction each, and every
+full batch asks for one more drain so that idle workers join in. Between those,
+a steady flow would make a drain claim again the moment it finished, a few
+messages at a time, each claim and finish a transaction that competes with the
+web's for the write lock; so after a batch of more than one message the next
+claim waits until ``N3HUB_GATHER_SECONDS`` after this one, and the messages
+that arrive meanwhile share it. A batch of one means the load is light, and
+waiting would only add latency.
+
+While it works a drain holds the drain marker (:mod:`app.dispatch`), so the web
+sends no task for the messages it will claim anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flask import Flask, current_app
 
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 500
 DATABASE_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+# Well within the marker's expiry (app.dispatch.DRAIN_MARKER_TTL_SECONDS).
+MARKER_REFRESH_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -46,6 +57,17 @@ class ProcessingSettings:
     batch_size: int
     lease_seconds: float
     budget_seconds: float
+    gather_seconds: float
+
+
+class DrainSignals(Protocol):
+    """How a drain tells the web and the other workers what it is doing (app.dispatch)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def request_help(self) -> bool: ...
 
 
 def init_app(app: Flask) -> None:
@@ -60,6 +82,7 @@ def init_app(app: Flask) -> None:
         batch_size=app.config["BATCH_SIZE"],
         lease_seconds=app.config["LEASE_SECONDS"],
         budget_seconds=app.config["DRAIN_BUDGET"],
+        gather_seconds=app.config["GATHER_SECONDS"],
     )
 
 
@@ -112,28 +135,47 @@ def process_batch(batch: list[ClaimedMessage], settings: ProcessingSettings) -> 
     return outcomes
 
 
-def drain(request_drain: Callable[[], object]) -> int:
+def drain(signals: DrainSignals) -> int:
     """Process due messages until none is left or the budget is spent; return how many."""
     settings: ProcessingSettings = current_app.extensions["processing"]
     deadline = time.monotonic() + settings.budget_seconds
+    marker_held_at = time.monotonic()
+    next_claim_at = 0.0
     handled = 0
     while True:
+        pause = next_claim_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        claimed_at = time.monotonic()
         batch = with_database_retries(
             partial(lifecycle.claim_batch, settings.batch_size, settings.lease_seconds)
         )
         if not batch:
-            return handled
-        if len(batch) == settings.batch_size:
-            request_drain()
+            signals.release()
+            # A message committed before the release saw the marker and queued nothing.
+            if not with_database_retries(lifecycle.pending_work_due):
+                return handled
+            signals.hold()
+            marker_held_at = time.monotonic()
+            continue
+        full = len(batch) == settings.batch_size
+        if full:
+            signals.request_help()
         outcomes = process_batch(batch, settings)
         report = with_database_retries(partial(lifecycle.finish_batch, outcomes, settings.policy))
         _record_batch(outcomes, settings.policy)
         if report.stale:
             log.warning("%d outcomes dropped: their claims were taken back", report.stale)
         handled += len(batch)
-        if time.monotonic() >= deadline:
-            request_drain()
+        now = time.monotonic()
+        if now >= deadline:
+            signals.request_help()  # the marker stays held: a successor must come
             return handled
+        if now - marker_held_at >= MARKER_REFRESH_SECONDS:
+            signals.hold()
+            marker_held_at = now
+        gather = len(batch) > 1 and not full
+        next_claim_at = claimed_at + settings.gather_seconds if gather else 0.0
 
 
 def _record_batch(outcomes: list[Outcome], policy: RetryPolicy) -> None:

@@ -14,4 +14,4 @@ def drain_messages() -> int:
     """Process pending messages from the database in batches."""
     drain_requests = current_app.extensions["drain_requests"]
     drain_requests.started()
-    return processing.drain(drain_requests.request)
+    return processing.drain(drain_requests)

@@ -1,7 +1,8 @@
 """Drain requests against a real Redis: one queued drain at a time, and none missed.
 
 Each test uses a task queue of its own that no worker consumes, so the drain
-tasks it queues stay in the broker's list where the test can count them.
+tasks it queues stay in the broker's list where the test can count them. The
+drains run here, in the test's process, on a real database.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import pytest
 from flask import Flask
 from redis import Redis
 
-from app import create_app
+from app import create_app, lifecycle, processing
 from app.config import load_config
-from app.dispatch import DRAIN_QUEUED_KEY_PREFIX, DrainRequests
+from app.dispatch import DRAIN_HELP_KEY_PREFIX, DRAIN_MARKER_KEY_PREFIX, DrainRequests
 from app.extensions import db
 from tests.conftest import DatabaseFactory, stack_environment
 from tests.support.polling import wait_for
@@ -27,9 +28,18 @@ def queue() -> str:
     return f"test-wake-{uuid.uuid4().hex[:12]}"
 
 
+BATCH_SIZE = 3
+
+
 @pytest.fixture
 def wake_app(databases: DatabaseFactory, redis_server: RedisServer, queue: str) -> Iterator[Flask]:
-    env = stack_environment(databases.create("sqlite"), redis_server.url, N3HUB_TASK_QUEUE=queue)
+    env = stack_environment(
+        databases.create("sqlite"),
+        redis_server.url,
+        N3HUB_TASK_QUEUE=queue,
+        N3HUB_BATCH_SIZE=str(BATCH_SIZE),
+        N3HUB_GATHER_SECONDS="0",
+    )
     app = create_app(load_config(env))
     yield app
     with app.app_context():
@@ -40,17 +50,58 @@ def wake_app(databases: DatabaseFactory, redis_server: RedisServer, queue: str) 
 def broker(redis_server: RedisServer, queue: str) -> Iterator[Redis]:
     client = Redis.from_url(f"{redis_server.url}/0")
     yield client
-    client.delete(queue, DRAIN_QUEUED_KEY_PREFIX + queue)
+    client.delete(queue, DRAIN_MARKER_KEY_PREFIX + queue, DRAIN_HELP_KEY_PREFIX + queue)
     client.close()
 
 
-def test_a_drain_is_queued_once_until_it_starts(wake_app: Flask, broker: Redis, queue: str) -> None:
+def test_no_drain_is_queued_while_one_is_queued_or_running(
+    wake_app: Flask, broker: Redis, queue: str
+) -> None:
     drains: DrainRequests = wake_app.extensions["drain_requests"]
     assert drains.request() and drains.request() and drains.request()
     assert broker.llen(queue) == 1
-    drains.started()
+    drains.started()  # running now: it will claim whatever the requests were for
+    assert drains.request()
+    assert broker.llen(queue) == 1
+    drains.release()
     assert drains.request()
     assert broker.llen(queue) == 2
+
+
+def test_help_is_queued_despite_the_marker_but_once_until_a_drain_starts(
+    wake_app: Flask, broker: Redis, queue: str
+) -> None:
+    drains: DrainRequests = wake_app.extensions["drain_requests"]
+    drains.started()
+    assert all([drains.request_help() for _ in range(3)]) and broker.llen(queue) == 1
+    drains.started()  # the helper took it: the next full batch may ask again
+    assert drains.request_help() and broker.llen(queue) == 2
+
+
+def test_a_drain_takes_the_messages_committed_while_it_runs_then_releases_the_marker(
+    wake_app: Flask, broker: Redis, queue: str
+) -> None:
+    drains: DrainRequests = wake_app.extensions["drain_requests"]
+    with wake_app.app_context():
+        lifecycle.create_messages(["first"])
+        drains.started()
+        # Committed while the drain holds the marker: the web would queue nothing for it.
+        lifecycle.create_messages(["second"])
+        assert drains.request() and broker.llen(queue) == 0
+        assert processing.drain(drains) == 2
+        assert not lifecycle.pending_work_due()
+    assert not broker.exists(DRAIN_MARKER_KEY_PREFIX + queue)
+    assert drains.request() and broker.llen(queue) == 1
+
+
+def test_a_full_batch_asks_for_one_helper(wake_app: Flask, broker: Redis, queue: str) -> None:
+    drains: DrainRequests = wake_app.extensions["drain_requests"]
+    with wake_app.app_context():
+        lifecycle.create_messages([f"message {number}" for number in range(3 * BATCH_SIZE)])
+        drains.started()
+        assert processing.drain(drains) == 3 * BATCH_SIZE
+    # Three full batches, one help task: the second and third asked while it still waited.
+    assert broker.llen(queue) == 1
 
 
 @pytest.mark.parametrize("burst", [1, 500])
@@ -63,7 +114,7 @@ def test_every_wake_after_a_drain_started_queues_another(
         drains.request_soon()
     wait_for(lambda: broker.llen(queue) == 1, timeout=10, what="the burst's drain")
     for started in range(1, 4):
-        drains.started()  # a worker took the drain: later commits need a new one
+        drains.release()  # a drain found nothing more: later commits need a new one
         for _ in range(burst):
             drains.request_soon()
         wait_for(

@@ -1,6 +1,6 @@
 """RabbitMQ as the broker instead of Redis, end to end with a real worker.
 
-With an AMQP broker there is no Redis for the "drain queued" marker, so the web
+With an AMQP broker there is no Redis for the drain marker, so the web
 queues one drain task per message. Tasks store no results, so the result
 backend is ``disabled`` and nothing here talks to Redis at all. The tests skip
 when no RabbitMQ answers, unless ``N3HUB_REQUIRE_RABBITMQ=1`` (CI), which makes

@@ -7,6 +7,10 @@ once, and every worker must have done part of the work. Which worker processed
 how many is read from the workers' own logs: Celery logs each drain's return
 value, the number of messages it handled.
 
+A drain that keeps up with the flow takes it alone; other workers join when
+batches come back full, each full batch asking for help. Small batches here
+make the burst a backlog, as a larger flow would with the default size.
+
 PostgreSQL is the database for workers on several hosts. SQLite stands for
 ``docker-compose up --scale worker=3`` on one host (one volume); its burst is
 smaller because one SQLite file takes the writes of the API and of all three
@@ -35,6 +39,7 @@ from tests.support.processes import ManagedProcess, RedisServer
 pytestmark = pytest.mark.slow
 
 BURST = {"postgresql": 3000, "sqlite": 600}
+BATCH_SIZE = 10
 HOSTS = {"host-a": 1, "host-b": 2, "host-c": 2}  # hostname: concurrency
 DRAIN_SUCCEEDED = re.compile(r"Task n3hub\.drain_messages\[[0-9a-f-]+\] succeeded in \S+s: (\d+)")
 
@@ -61,7 +66,9 @@ def cluster(
 ) -> Iterator[Cluster]:
     # A Redis of their own: a worker of another test would take these drain tasks.
     redis = RedisServer(tmp_path / "redis").start()
-    env = stack_environment(databases.create(request.param), redis.url)
+    env = stack_environment(
+        databases.create(request.param), redis.url, N3HUB_BATCH_SIZE=str(BATCH_SIZE)
+    )
     app = create_app(load_config(env))
     with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
         started = pool.map(
