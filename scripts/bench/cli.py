@@ -74,6 +74,7 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
     with Stack(os.environ.get("DATABASE_URL", ""), OUTPUT_DIR / "logs") as stack:
         loop = ClosedLoop(wrk, stack.workdir, args.duration, connections=16)
         profiler = Profiler(args.profile, OUTPUT_DIR / "profiles", say)
+        quiet = Profiler(False, profiler.directory, say)  # for the repeated measurements
         say(f"database: {stack.database.describe()}; load: {loop.tool}")
         app = stack.start()
         results["run"].update(
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
             # arrive together: more connections, larger groups. Measured on both sides.
             many = ClosedLoop(wrk, stack.workdir, args.duration, args.many_connections)
             results["ceiling_many"], results["ingest_many"] = phases.measure_ingest(
-                stack, web, many, app, args.rounds, Profiler(False, profiler.directory, say), say
+                stack, web, many, app, args.rounds, quiet, say
             )
         results["batch_ingest"] = phases.measure_batch_ingest(web, loop, app, say)
         phases.top_up_backlog(app, args.backlog, say)
@@ -106,6 +107,10 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
         for rate in (float(value) for value in args.rates.split(",")):
             measured = phases.measure_latency(stack, web, rate, args.paced_seconds, profiler, say)
             results["latency"][f"{rate:g}"] = measured
+        # What a user running the whole stack sees: the worker shares the cores.
+        results["ceiling_processing"], results["ingest_processing"] = phases.measure_ingest(
+            stack, web, loop, app, args.rounds, quiet, say, worker=stack.worker
+        )
         stack.stop_worker()
         results["reads"] = {"table": phases.fill_table(app, args.rows, say)}
         results["reads"].update(phases.measure_reads(web, args.samples, say))

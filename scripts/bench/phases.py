@@ -3,9 +3,10 @@
 They run in this order, on one stack: the hello-world ceiling; ``POST
 /messages`` with no worker running (its messages become the backlog, topped up
 to the minimum with a bulk insert); the drain of that backlog by a freshly
-started worker; created -> completed latency at paced rates; then, with the
-worker stopped so nothing changes under the reads, the table is filled to a
-million rows and the read endpoints are timed.
+started worker; created -> completed latency at paced rates; the ceiling and
+``POST /messages`` again, now with the worker processing the messages as they
+arrive; then, with the worker stopped so nothing changes under the reads, the
+table is filled to a million rows and the read endpoints are timed.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def settled_count(app: Flask, *conditions: Any, quiet: float = 0.5) -> int:
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median requests/s of several runs, with every run kept."""
-    return {
+    median = {
         "per_second": statistics.median(run["per_second"] for run in runs),
         "web_cpu_ms_per_request": statistics.median(
             run["cpu_ms_per_request"]["gunicorn"] for run in runs
@@ -108,6 +109,11 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(run["errors"] for run in runs),
         "rounds": runs,
     }
+    if "worker" in runs[0]["cpu_ms_per_request"]:
+        median["worker_cpu_ms_per_request"] = statistics.median(
+            run["cpu_ms_per_request"]["worker"] for run in runs
+        )
+    return median
 
 
 def _cpu_text(run: dict[str, Any]) -> str:
@@ -123,16 +129,23 @@ def measure_ingest(
     rounds: int,
     profiler: Profiler,
     say: Say,
+    worker: ManagedProcess | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Requests/s of a hello-world app (the ceiling) and of durable ``POST /messages``.
 
     Both servers run under the project's Gunicorn settings and take turns, round
     after round, so that a slow spell of the machine hits both; the ratio is the
-    median of the rounds' ratios. No worker runs: the messages wait as the backlog.
+    median of the rounds' ratios. Without ``worker`` the messages wait as the
+    backlog; with it, each POST round starts with nothing pending and the worker
+    processes the messages as they come, on the same two cores.
     """
     hello = stack.start_web("hello", HELLO_APP, probe="/")
     assert stack.redis is not None
     redis = stack.redis
+    loaded = {"gunicorn": web.process, "redis": redis}
+    if worker is not None:
+        loaded["worker"] = worker
+    while_processing = " while the worker processes" if worker is not None else ""
     ceilings: list[dict[str, Any]] = []
     ingests: list[dict[str, Any]] = []
     try:
@@ -140,11 +153,13 @@ def measure_ingest(
         if reply.status != 200 or reply.raw.decode() != GREETING:
             raise RuntimeError("the hello-world server did not answer with its greeting")
         say(
-            f"ingest: {rounds} rounds of GET / on the hello-world app, then POST /messages,"
-            f" {loop.duration:g} s each, {loop.connections} connections"
+            f"ingest: {rounds} rounds of GET / on the hello-world app, then POST /messages"
+            f"{while_processing}, {loop.duration:g} s each, {loop.connections} connections"
         )
         for number in range(1, rounds + 1):
             ceilings.append(_loaded(lambda: loop.get_root(hello.port), {"gunicorn": hello.process}))
+            if worker is not None:
+                _wait_processed(app)
             before = count_messages(app)
             # Profiles, when asked for: where the CPU goes in the second-to-last round,
             # where a request's time goes in the last.
@@ -154,9 +169,7 @@ def measure_ingest(
                     "ingest-web-requests", web.process.pid, number == rounds, WEB_REQUEST
                 ),
             ):
-                ingest = _loaded(
-                    lambda: loop.post_messages(web.port), {"gunicorn": web.process, "redis": redis}
-                )
+                ingest = _loaded(lambda: loop.post_messages(web.port), loaded)
             ingest["stored"] = settled_count(app) - before
             ingest["ratio_to_ceiling"] = ingest["per_second"] / ceilings[-1]["per_second"]
             ingests.append(ingest)
@@ -176,6 +189,16 @@ def measure_ingest(
         f" {ceiling['per_second']:,.0f} req/s: ratio {result['ratio_to_ceiling']:.2f}"
     )
     return ceiling, result
+
+
+def _wait_processed(app: Flask) -> None:
+    unfinished = Message.status.in_([MessageStatus.PENDING, MessageStatus.PROCESSING])
+    wait_for(
+        lambda: count_messages(app, unfinished) == 0,
+        timeout=SETTLE_TIMEOUT_SECONDS,
+        interval=0.2,
+        what="the worker to process every message",
+    )
 
 
 def measure_batch_ingest(web: Web, loop: ClosedLoop, app: Flask, say: Say) -> dict[str, Any] | None:
