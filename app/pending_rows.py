@@ -6,8 +6,10 @@ number to the pending tally. Through SQLAlchemy Core each statement costs more
 CPU in execution-context and result machinery than SQLite spends running it
 (BENCHMARKS.md, "Ingest"), so these two run as plain SQL on the DB-API
 connection (:func:`app.database.driver_write_transaction`). Timestamps go
-through the column type's own bind processor, so they are stored exactly as
-SQLAlchemy stores them elsewhere. Every other write keeps to SQLAlchemy.
+through the bind processor of the column type as the dialect implements it
+(on SQLite, SQLAlchemy's own text format), once per transaction, so they are
+stored exactly as SQLAlchemy stores them elsewhere. Every other write keeps to
+SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class _Statements:
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark} WHERE name = {mark} AND shard = {mark}"
         )
-        self.timestamp: Callable[[datetime], Any] = UTCDateTime().bind_processor(dialect) or (
+        column = UTCDateTime().dialect_impl(dialect)
+        self.timestamp: Callable[[datetime], Any] = column.bind_processor(dialect) or (
             lambda value: value
         )
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import String, bindparam, cast, insert, select, update
 
-from app import lifecycle, queries
-from app.database import read_connection, write_transaction
+from app import lifecycle, pending_rows, queries
+from app.database import driver_write_transaction, read_connection, write_transaction
 from app.lifecycle import Outcome, RetryPolicy
 from app.models import Message
 
@@ -227,3 +227,27 @@ def test_claims_use_the_claim_index_even_with_stale_statistics(
             positional = tuple(values[name] for name in compiled.positiontup)
             plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional).all()
     assert "ix_messages_status_attempts_id" in str(plan), plan
+
+
+def test_the_ingest_stores_timestamps_exactly_as_sqlalchemy_does() -> None:
+    # Whole seconds: the case where Python's own datetime text and SQLAlchemy's differ.
+    now = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
+    with driver_write_transaction() as (connection, dialect):
+        [ingested] = pending_rows.insert(connection, dialect, ["through the ingest"], now)
+    with write_transaction() as connection:
+        through_core = connection.execute(
+            insert(Message)
+            .values(content="through SQLAlchemy", status="pending", attempts=0)
+            .values(created_at=now, updated_at=now, available_at=now)
+            .returning(Message.id)
+        ).scalar_one()
+    with read_connection() as connection:
+        stored = dict(
+            connection.execute(
+                select(Message.id, cast(Message.created_at, String)).where(
+                    Message.id.in_([ingested["id"], through_core])
+                )
+            ).all()
+        )
+    assert stored[ingested["id"]] == stored[through_core]
+    assert row(ingested["id"])["created_at"] == now
