@@ -263,10 +263,19 @@ def _claim(
 
 
 def _record_outcome(status: MessageStatus, **values: Any) -> Update:
-    """An executemany UPDATE ending one claim, keyed by ``m_id`` and stamped with ``m_now``."""
+    """An executemany UPDATE ending one claim, stamped with ``m_now``.
+
+    It changes a row only while that claim holds it: ``processing`` with the
+    attempt number ``m_attempts`` (the fencing token), so its row count says how
+    many of the claims were still ours.
+    """
     return (
         update(Message)
-        .where(Message.id == bindparam("m_id"))
+        .where(
+            Message.id == bindparam("m_id"),
+            Message.attempts == bindparam("m_attempts"),
+            Message.status == PROCESSING,
+        )
         .values(status=status, updated_at=bindparam("m_now"), lease_expires_at=None, **values)
     )
 
@@ -280,6 +289,7 @@ _fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bi
 _retry_later = _record_outcome(
     PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
 )
+_OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
 
 
 def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
@@ -287,51 +297,42 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     if not outcomes:
         return FinishReport()
     now = utcnow()
+    rows: dict[MessageStatus, list[dict[str, Any]]] = {COMPLETED: [], FAILED: [], PENDING: []}
+    # In id order: each statement then locks its rows in that order. Two finishers of the
+    # same claims (a stale one and its successor) may still meet in another order on
+    # PostgreSQL; the deadlock error that follows is transient, and the drain retries.
+    for outcome in sorted(outcomes, key=lambda outcome: outcome.message.id):
+        message = outcome.message
+        status = policy.next_status(outcome)
+        row = {"m_id": message.id, "m_attempts": message.attempts, "m_now": now}
+        if status == COMPLETED:
+            row["m_result"] = outcome.result
+        else:
+            row["m_error"] = outcome.error
+        if status == PENDING:
+            row["m_available"] = now + timedelta(seconds=policy.delay(message.attempts))
+        rows[status].append(row)
     with write_transaction() as connection:
-        # Not a row-value IN on (id, attempts): SQLite 3.40 answers it wrongly from an index.
-        owned = {
-            (message_id, attempts)
-            for message_id, attempts in connection.execute(
-                select(Message.id, Message.attempts)
-                .where(
-                    Message.id.in_([outcome.message.id for outcome in outcomes]),
-                    Message.status == PROCESSING,
-                )
-                .order_by(Message.id)
-                .with_for_update()
-            )
+        moved = {
+            status: connection.execute(_OUTCOME_STATEMENTS[status], status_rows).rowcount
+            for status, status_rows in rows.items()
+            if status_rows
         }
-        completed, failed, retried = [], [], []
-        for outcome in outcomes:
-            message = outcome.message
-            if (message.id, message.attempts) not in owned:
-                continue
-            status = policy.next_status(outcome)
-            if status == COMPLETED:
-                completed.append({"m_id": message.id, "m_result": outcome.result, "m_now": now})
-            elif status == FAILED:
-                failed.append({"m_id": message.id, "m_error": outcome.error, "m_now": now})
-            else:
-                available = now + timedelta(seconds=policy.delay(message.attempts))
-                retried.append(
-                    {"m_id": message.id, "m_error": outcome.error, "m_available": available}
-                    | {"m_now": now}
-                )
-        for statement, rows in ((_complete, completed), (_fail, failed), (_retry_later, retried)):
-            if rows:
-                connection.execute(statement, rows)
-        deltas = tallies.transition_deltas(
-            [(PROCESSING, COMPLETED)] * len(completed)
-            + [(PROCESSING, FAILED)] * len(failed)
-            + [(PROCESSING, PENDING)] * len(retried)
+        completed, failed, retried = (
+            moved.get(status, 0) for status in (COMPLETED, FAILED, PENDING)
         )
-        deltas[tallies.RETRIES] += len(retried)
+        deltas = tallies.transition_deltas(
+            [(PROCESSING, COMPLETED)] * completed
+            + [(PROCESSING, FAILED)] * failed
+            + [(PROCESSING, PENDING)] * retried
+        )
+        deltas[tallies.RETRIES] += retried
         tallies.apply(connection, deltas)
     return FinishReport(
-        completed=len(completed),
-        failed=len(failed),
-        retried=len(retried),
-        stale=len(outcomes) - len(completed) - len(failed) - len(retried),
+        completed=completed,
+        failed=failed,
+        retried=retried,
+        stale=len(outcomes) - completed - failed - retried,
     )
 
 
@@ -377,14 +378,12 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
         ).all()
         for message_id, attempts in expired:
             reason = f"worker lost during attempt {attempts} (lease expired)"
+            claim = {"m_id": message_id, "m_attempts": attempts, "m_error": reason, "m_now": now}
             if policy.exhausted(attempts):
-                connection.execute(_fail, [{"m_id": message_id, "m_error": reason, "m_now": now}])
+                connection.execute(_fail, [claim])
                 recovered[FAILED] += 1
             else:
-                connection.execute(
-                    _retry_later,
-                    [{"m_id": message_id, "m_error": reason, "m_available": now, "m_now": now}],
-                )
+                connection.execute(_retry_later, [{**claim, "m_available": now}])
                 recovered[PENDING] += 1
         deltas = tallies.transition_deltas(
             [(PROCESSING, status) for status, count in recovered.items() for _ in range(count)]

@@ -84,6 +84,37 @@ def test_late_finisher_cannot_overwrite_a_newer_attempt() -> None:
     assert stats["completed"] == 1
 
 
+def test_a_batch_with_a_stale_claim_writes_and_counts_the_others() -> None:
+    for number in range(3):
+        lifecycle.create_message(f"m{number}")
+    taken_back, done, bad = lifecycle.claim_batch(10, 30)
+    with write_transaction() as connection:
+        connection.execute(
+            update(Message)
+            .where(Message.id == taken_back.id)
+            .values(lease_expires_at=lifecycle.utcnow() - timedelta(seconds=1))
+        )
+    assert lifecycle.recover_expired_leases(POLICY) == {"pending": 1}
+    [again] = lifecycle.claim_batch(10, 30)
+    report = lifecycle.finish_batch(
+        [
+            Outcome(taken_back, result={"late": True}),
+            Outcome(done, result={"ok": True}),
+            Outcome(bad, error="ValueError: bad", permanent=True),
+        ],
+        POLICY,
+    )
+    assert (report.completed, report.failed, report.retried, report.stale) == (1, 1, 0, 1)
+    assert [row(message.id)["status"] for message in (again, done, bad)] == [
+        "processing",
+        "completed",
+        "failed",
+    ]
+    assert row(again.id)["result"] is None
+    stats = stats_add_up()
+    assert (stats["processing"], stats["completed"], stats["failed"]) == (1, 1, 1)
+
+
 def test_recovery_counts_as_an_attempt_and_ends_failed() -> None:
     message_id = lifecycle.create_message("crash every time")[0]["id"]
     for attempt in range(1, POLICY.max_attempts + 1):
