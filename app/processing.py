@@ -136,8 +136,19 @@ def process_batch(batch: list[ClaimedMessage], settings: ProcessingSettings) -> 
 
 
 def drain(signals: DrainSignals) -> int:
-    """Process due messages until none is left or the budget is spent; return how many."""
-    settings: ProcessingSettings = current_app.extensions["processing"]
+    """Process due messages until none is left or the budget is spent; return how many.
+
+    A drain that fails lets go of the marker, so that the next commit or sweep
+    queues another drain at once rather than after the marker expires.
+    """
+    try:
+        return _drain(signals, current_app.extensions["processing"])
+    except BaseException:
+        signals.release()
+        raise
+
+
+def _drain(signals: DrainSignals, settings: ProcessingSettings) -> int:
     deadline = time.monotonic() + settings.budget_seconds
     marker_held_at = time.monotonic()
     next_claim_at = 0.0
@@ -169,7 +180,9 @@ def drain(signals: DrainSignals) -> int:
         handled += len(batch)
         now = time.monotonic()
         if now >= deadline:
-            signals.request_help()  # the marker stays held: a successor must come
+            # Hand over: the marker stays held for the successor, if one could be queued.
+            if not signals.request_help():
+                signals.release()
             return handled
         if now - marker_held_at >= MARKER_REFRESH_SECONDS:
             signals.hold()

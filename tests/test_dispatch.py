@@ -13,9 +13,11 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 from redis import Redis
+from sqlalchemy.exc import OperationalError
 
 from app import create_app, lifecycle, processing
 from app.config import load_config
+from app.database import write_transaction
 from app.dispatch import DRAIN_HELP_KEY_PREFIX, DRAIN_MARKER_KEY_PREFIX, DrainRequests
 from app.extensions import db
 from tests.conftest import DatabaseFactory, stack_environment
@@ -122,3 +124,14 @@ def test_every_wake_after_a_drain_started_queues_another(
             timeout=10,
             what=f"drain {started + 1}",
         )
+
+
+def test_a_drain_that_fails_releases_the_marker(wake_app: Flask, broker: Redis, queue: str) -> None:
+    drains: DrainRequests = wake_app.extensions["drain_requests"]
+    with wake_app.app_context():
+        with write_transaction() as connection:
+            connection.exec_driver_sql("DROP TABLE messages")  # every claim fails from now on
+        drains.started()
+        with pytest.raises(OperationalError):
+            processing.drain(drains)
+    assert not broker.exists(DRAIN_MARKER_KEY_PREFIX + queue)
