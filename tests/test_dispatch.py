@@ -107,7 +107,7 @@ def test_a_full_batch_asks_for_one_helper(wake_app: Flask, broker: Redis, queue:
 
 
 @pytest.mark.parametrize("burst", [1, 500])
-def test_every_wake_after_a_drain_started_queues_another(
+def test_every_wake_after_the_marker_is_released_queues_another(
     wake_app: Flask, broker: Redis, queue: str, burst: int
 ) -> None:
     """The waker thread folds a burst into one request, and never drops the last one."""
@@ -115,14 +115,14 @@ def test_every_wake_after_a_drain_started_queues_another(
     for _ in range(burst):
         drains.request_soon()
     wait_for(lambda: broker.llen(queue) == 1, timeout=10, what="the burst's drain")
-    for started in range(1, 4):
+    for released in range(1, 4):
         drains.release()  # a drain found nothing more: later commits need a new one
         for _ in range(burst):
             drains.request_soon()
         wait_for(
-            lambda expected=started + 1: broker.llen(queue) == expected,
+            lambda expected=released + 1: broker.llen(queue) == expected,
             timeout=10,
-            what=f"drain {started + 1}",
+            what=f"drain {released + 1}",
         )
 
 
