@@ -91,7 +91,7 @@ class DrainRequests:
         while True:
             self._wanted.wait()
             self._wanted.clear()
-            outcome = self._ask()
+            outcome = self._ask(self._marker_key)
             # Under load a commit lands every fraction of a millisecond; pausing here
             # folds them into one broker round trip, at the cost of this much latency.
             # A marker found held means a drain will claim again and see the commits of
@@ -103,14 +103,13 @@ class DrainRequests:
 
     def request(self) -> bool:
         """Ask for a drain unless one holds the marker; False if the broker is unreachable."""
-        return self._ask() is not _Asked.UNREACHABLE
+        return self._ask(self._marker_key) is not _Asked.UNREACHABLE
 
     def request_help(self) -> bool:
         """Queue one more drain even though the marker is held, unless such a one still waits."""
         return self._ask(self._help_key) is not _Asked.UNREACHABLE
 
-    def _ask(self, key: str | None = None) -> _Asked:
-        key = key or self._marker_key
+    def _ask(self, key: str) -> _Asked:
         if time.monotonic() < self._quiet_until:
             return _Asked.UNREACHABLE
         try:
@@ -138,15 +137,8 @@ class DrainRequests:
 
     def started(self) -> None:
         """A drain starts: it now holds the marker, and a help request no longer waits."""
-        if self._redis is None:
-            return
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._marker_key, "1", ex=DRAIN_MARKER_TTL_SECONDS)
-                pipe.delete(self._help_key)
-                pipe.execute()
-        except RedisError as error:
-            log.warning("could not set the drain marker: %s", error)
+        self.hold()
+        self._delete(self._help_key)
 
     def hold(self) -> None:
         """Refresh the marker: this drain will claim again, so new commits need not ask."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -318,21 +319,22 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
             for status, status_rows in rows.items()
             if status_rows
         }
-        completed, failed, retried = (
-            moved.get(status, 0) for status in (COMPLETED, FAILED, PENDING)
-        )
-        deltas = tallies.transition_deltas(
-            [(PROCESSING, COMPLETED)] * completed
-            + [(PROCESSING, FAILED)] * failed
-            + [(PROCESSING, PENDING)] * retried
-        )
-        deltas[tallies.RETRIES] += retried
+        deltas = _ended_claims(moved)
+        deltas[tallies.RETRIES] += moved.get(PENDING, 0)
         tallies.apply(connection, deltas)
+    completed, failed, retried = (moved.get(status, 0) for status in (COMPLETED, FAILED, PENDING))
     return FinishReport(
         completed=completed,
         failed=failed,
         retried=retried,
         stale=len(outcomes) - completed - failed - retried,
+    )
+
+
+def _ended_claims(counts: Mapping[str, int]) -> Counter[str]:
+    """Tally changes for ``counts[status]`` claims that left ``processing`` for ``status``."""
+    return tallies.transition_deltas(
+        (PROCESSING, status) for status, count in counts.items() for _ in range(count)
     )
 
 
@@ -385,9 +387,7 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
             else:
                 connection.execute(_retry_later, [{**claim, "m_available": now}])
                 recovered[PENDING] += 1
-        deltas = tallies.transition_deltas(
-            [(PROCESSING, status) for status, count in recovered.items() for _ in range(count)]
-        )
+        deltas = _ended_claims(recovered)
         deltas[tallies.RECOVERIES] += len(expired)
         tallies.apply(connection, deltas)
     return recovered
