@@ -23,7 +23,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     processing.init_app(app)
     celery_init_app(app)
     dispatch.init_app(app)
-    app.extensions["group_commit"] = GroupCommit()
+    app.extensions["group_commit"] = GroupCommit(app.config["INGEST_GATHER_SECONDS"])
     metrics.init_app(app)
     api.init_app(app)
     return app

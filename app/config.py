@@ -87,6 +87,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AUTO_MIGRATE": _flag(env, "N3HUB_AUTO_MIGRATE", True),
         "MAX_CONTENT_LENGTH": _integer(env, "N3HUB_MAX_BODY_BYTES", 1024 * 1024),
         "MAX_BATCH": _integer(env, "N3HUB_MAX_BATCH", 1000),
+        "INGEST_GATHER_SECONDS": _seconds(env, "N3HUB_INGEST_GATHER_SECONDS", 0.001),
         "PAGE_SIZE": _integer(env, "N3HUB_PAGE_SIZE", 50),
         "MAX_PAGE_SIZE": _integer(env, "N3HUB_MAX_PAGE_SIZE", 200),
         "CELERY_BROKER_URL": broker_url,

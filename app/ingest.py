@@ -7,8 +7,12 @@ ends, the first queued request commits everything queued so far in one
 transaction, and each request still answers only after its own row is durable.
 Before taking the queue, the leader yields once, so that requests already
 under way in this process (greenlets under gevent, threads otherwise) join its
-group rather than the next one. An idle system sees batches of one and the yield
-costs microseconds, so nothing waits that need not.
+group rather than the next one. After a group of more than one, the next
+leader also waits until ``N3HUB_INGEST_GATHER_SECONDS`` after that group's
+commit began: a commit costs the same CPU for one message as for ten (its
+fsync dominates), and under a steady flow the wait turns several small groups
+into one. An idle system sees groups of one, which never wait, so a lone
+request is not delayed.
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ class _Submission:
 class GroupCommit:
     """Creates messages, committing the creations that arrive together as one."""
 
-    def __init__(self) -> None:
+    def __init__(self, gather_seconds: float = 0.0) -> None:
+        self._gather_seconds = gather_seconds
         self._lock = threading.Lock()
         self._queue: list[_Submission] = []
         self._committing = False
+        self._previous_group_size = 0
+        self._previous_group_started = 0.0
 
     def create(self, content: str) -> dict[str, Any]:
         """Store one pending message and return its row once committed."""
@@ -51,15 +58,25 @@ class GroupCommit:
             mine.done.wait()
         if mine.leads:
             time.sleep(0)  # the yield: gevent patches it into a switch to the others
+            self._gather()
             self._commit_queued()
         if mine.error is not None:
             raise mine.error
         assert mine.row is not None
         return mine.row
 
+    def _gather(self) -> None:
+        """After a group of several, let a steady flow fill this one until the gather ends."""
+        if self._previous_group_size > 1:
+            wait = self._previous_group_started + self._gather_seconds - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+
     def _commit_queued(self) -> None:
         with self._lock:
             group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+        self._previous_group_size = len(group)
+        self._previous_group_started = time.monotonic()
         try:
             rows = lifecycle.create_messages([submission.content for submission in group])
             for submission, row in zip(group, rows, strict=True):

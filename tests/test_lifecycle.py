@@ -11,10 +11,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import String, bindparam, cast, insert, select, update
 
-from app import lifecycle, pending_rows, queries
+from app import ingest, lifecycle, pending_rows, queries
 from app.database import driver_write_transaction, read_connection, write_transaction
 from app.lifecycle import Outcome, RetryPolicy
 from app.models import Message
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.usefixtures("isolated_app")
 
@@ -218,6 +219,59 @@ def test_group_commit_gives_each_concurrent_caller_its_own_row(isolated_app: Fla
     for row in rows:
         assert queries.get_message(row["id"])["content"] == row["content"]
     assert stats_add_up()["pending"] == 400
+
+
+class SteppedTime:
+    """Stands in for ``time`` in :mod:`app.ingest`: a clock that moves only when slept on.
+
+    ``sleep(0)``, the leader's yield to the others, runs ``on_yield`` instead.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+        self.on_yield: Callable[[], None] = lambda: None
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if seconds == 0:
+            self.on_yield()
+            return
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_group_commit_gathers_only_after_a_group_of_several(
+    isolated_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = SteppedTime()
+    monkeypatch.setattr(ingest, "time", clock)
+    group_commit = ingest.GroupCommit(gather_seconds=0.5)
+    joined: list[dict] = []
+
+    def join_from_another_thread() -> None:
+        def create() -> None:
+            with isolated_app.app_context():
+                joined.append(group_commit.create("second"))
+
+        threading.Thread(target=create).start()
+        wait_for(lambda: len(group_commit._queue) == 2, timeout=10)
+        clock.on_yield = lambda: None
+
+    clock.on_yield = join_from_another_thread
+    first = group_commit.create("first")  # a group of two: the next leader gathers
+    wait_for(lambda: len(joined) == 1, timeout=10)
+    assert joined[0]["created_at"] == first["created_at"]
+    assert clock.waits == []
+    clock.now += 0.1
+    third = group_commit.create("third")
+    assert clock.waits == [pytest.approx(0.4)]  # the rest of the gather after the group's start
+    group_commit.create("fourth")  # after a group of one: no wait
+    assert clock.waits == [pytest.approx(0.4)]
+    assert third["created_at"] != first["created_at"]
+    assert stats_add_up()["pending"] == 4
 
 
 def sweep_check(retried: bool) -> Any:
