@@ -2,18 +2,13 @@
 
 Each record carries the request id of the HTTP request it belongs to (taken from
 ``X-Request-ID`` or generated) and, where one applies, the message id.
-Generated ids are 32 hex digits: a random prefix drawn once per process (again
-after a fork) and a counter, unique without a system call per request (a
-``uuid4`` reads the kernel's random source each time, which showed in the CPU
-cost of ``POST /messages``). They label requests; they are not secrets.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import sys
+import uuid
 
 from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
@@ -54,33 +49,10 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
 
 
-class _RequestIds:
-    """Unique request ids: this process's random prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._reseed()
-        os.register_at_fork(after_in_child=self._reseed)
-
-    def _reseed(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count()
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-_request_ids = _RequestIds()
-
-
-def new_request_id() -> str:
-    """A request id for a request that brought none."""
-    return _request_ids.next()
-
-
 def _assign_request_id() -> None:
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
     valid = supplied and len(supplied) <= MAX_REQUEST_ID_LENGTH and supplied.isprintable()
-    g.request_id = supplied if valid else new_request_id()
+    g.request_id = supplied if valid else uuid.uuid4().hex
 
 
 def _return_request_id(response: Response) -> Response:

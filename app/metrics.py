@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -152,43 +151,15 @@ def method_label() -> str:
     return method if method in STANDARD_METHODS else OTHER_METHOD
 
 
-class _RequestSeries:
-    """The request counter and latency histogram of each (method, endpoint, status).
-
-    ``labels()`` validates and looks up its arguments on every call; a request
-    only needs the two children its label values name, found here by one dict
-    lookup. The label values are bounded, so this dict is too.
-    """
-
-    def __init__(self) -> None:
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def record(self, method: str, endpoint: str, status: int, seconds: float) -> None:
-        key = (method, endpoint, status)
-        children = self._children.get(key)
-        if children is None:  # two threads may both look it up; either result is the same
-            children = self._children.setdefault(
-                key,
-                (
-                    HTTP_REQUESTS.labels(method, endpoint, str(status)),
-                    HTTP_LATENCY.labels(method, endpoint),
-                ),
-            )
-        requests, latency = children
-        requests.inc()
-        latency.observe(seconds)
-
-
-_request_series = _RequestSeries()
-
-
 def _start_timer() -> None:
     g.request_started = time.perf_counter()
 
 
 def _record_request(response: Response) -> Response:
+    method, endpoint = method_label(), endpoint_label()
     elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
-    _request_series.record(method_label(), endpoint_label(), response.status_code, elapsed)
+    HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
+    HTTP_LATENCY.labels(method, endpoint).observe(elapsed)
     return response
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from app import create_app, logs
+from app import create_app
 from app.config import load_config
 from app.extensions import db
 from tests.conftest import stack_environment
@@ -260,20 +259,6 @@ def test_request_id_is_echoed_or_generated(client: FlaskClient) -> None:
     generated = {client.get("/healthz").headers["X-Request-ID"] for _ in range(3)}
     assert len(generated) == 3
     assert all(len(request_id) == 32 and int(request_id, 16) >= 0 for request_id in generated)
-
-
-def test_generated_request_ids_differ_between_forked_processes() -> None:
-    parent = logs.new_request_id()
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        os.write(write_end, logs.new_request_id().encode())
-        os._exit(0)
-    os.waitpid(child, 0)
-    from_child = os.read(read_end, 64).decode()
-    os.close(read_end)
-    os.close(write_end)
-    assert from_child[:16] != parent[:16]  # a new random prefix, not the parent's counter
 
 
 def test_metrics_count_nonstandard_methods_as_one(client: FlaskClient) -> None:
