@@ -5,6 +5,7 @@ here can be overridden on the command line.
 """
 
 import os
+import sys
 
 from prometheus_client import multiprocess
 
@@ -18,6 +19,12 @@ workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 2)))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 # Only for GUNICORN_WORKER_CLASS=gthread; gevent takes up to worker_connections (1000).
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Each worker listens on a socket of its own (SO_REUSEPORT) and Linux hands new
+# connections to them in turn by hash. On one shared socket, the worker that woke first
+# took most of a burst: 16 connections opened together split as unevenly as 15 to 1,
+# and a process with few connections leaves its core idle while it waits on its commits.
+# Other systems do not balance such sockets, so there the workers share one.
+reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "1" if sys.platform == "linux" else "0") == "1"
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
