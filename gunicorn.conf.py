@@ -19,8 +19,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 2)))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 # Only for GUNICORN_WORKER_CLASS=gthread; gevent takes up to worker_connections (1000).
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
-# Each worker listens on a socket of its own (SO_REUSEPORT) and Linux hands new
-# connections to them in turn by hash. On one shared socket, the worker that woke first
+# Each worker listens on a socket of its own (SO_REUSEPORT) and Linux picks one for each
+# new connection by a hash of its addresses. On one shared socket, the worker that woke first
 # took most of a burst: 16 connections opened together split as unevenly as 15 to 1,
 # and a process with few connections leaves its core idle while it waits on its commits.
 # Other systems do not balance such sockets, so there the workers share one.
@@ -33,6 +33,13 @@ errorlog = "-"
 wsgi_app = "app:create_app()"
 # Gunicorn 27's control socket lives in $HOME and would be shared by every server a user runs.
 control_socket_disable = True
+
+
+def post_fork(server, worker):
+    """Say where a worker listens: with ``reuse_port`` the master holds no socket to name."""
+    if server.cfg.reuse_port:
+        addresses = ", ".join(map(str, worker.sockets))
+        server.log.info("Worker %s listening at: %s", worker.pid, addresses)
 
 
 def child_exit(server, worker):

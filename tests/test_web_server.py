@@ -48,5 +48,6 @@ def test_each_worker_listens_on_the_port_itself(tmp_path: Path, redis_server: Re
     try:
         # The first worker may answer before the second has bound.
         wait_for(lambda: _listening_sockets(port) == 2, timeout=30, what="two listening sockets")
+        assert web.log_tail().count(f"listening at: http://127.0.0.1:{port}") == 2
     finally:
         web.stop()
