@@ -1,13 +1,23 @@
 """Gunicorn settings for the web service (``gunicorn -c gunicorn.conf.py``).
 
 Workers come from ``WEB_CONCURRENCY`` (Gunicorn's own variable); every value
-here can be overridden on the command line.
+here can be overridden on the command line. Where the app logs JSON (production),
+so do Gunicorn's own lines, its access log included.
 """
 
 import os
 import sys
 
+from gunicorn.glogging import Logger
 from prometheus_client import multiprocess
+from pythonjsonlogger.json import JsonFormatter
+
+# The rule and the fields of app/config.py and app/logs.py, which the Gunicorn master
+# cannot import: the app package would load before gevent patches the workers.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "").strip() or (
+    "json" if os.environ.get("FLASK_ENV", "").strip() == "production" else "text"
+)
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message_id)s %(message)s"
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 # One process per core, each serving many requests at once on gevent's greenlets:
@@ -30,6 +40,45 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
+
+
+class JsonLinesLogger(Logger):
+    """Gunicorn's own lines as the service's JSON objects; an access line carries the request id."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        formatter = JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level"})
+        for handler in (*self.error_log.handlers, *self.access_log.handlers):
+            handler.setFormatter(formatter)
+            handler.addFilter(_fill_missing_ids)
+
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        request_id = next((v for k, v in resp.headers if k.lower() == "x-request-id"), "-")
+        status = str(resp.status).split(None, 1)[0]
+        self.access_log.info(
+            "%s %s %s",
+            environ["REQUEST_METHOD"],
+            environ["RAW_URI"],
+            status,
+            extra={
+                "request_id": request_id,
+                "status": int(status) if status.isdigit() else status,
+                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                "remote_addr": environ.get("REMOTE_ADDR", "-"),
+                "user_agent": environ.get("HTTP_USER_AGENT", "-"),
+            },
+        )
+
+
+def _fill_missing_ids(record):
+    record.request_id = getattr(record, "request_id", "-")
+    record.message_id = getattr(record, "message_id", "-")
+    return True
+
+
+logger_class = JsonLinesLogger if LOG_FORMAT == "json" else Logger
 wsgi_app = "app:create_app()"
 # Gunicorn 27's control socket lives in $HOME and would be shared by every server a user runs.
 control_socket_disable = True

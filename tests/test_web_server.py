@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from pathlib import Path
+from urllib.request import Request, urlopen
 
 import pytest
 
-from app.config import PROJECT_ROOT
+from app import logs
+from app.config import PROJECT_ROOT, load_config
 from tests.conftest import stack_environment, start_web
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer
@@ -17,7 +20,8 @@ TCP_LISTEN = "0A"
 
 
 def _gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
-    monkeypatch.delenv("GUNICORN_REUSE_PORT", raising=False)
+    for name in ("GUNICORN_REUSE_PORT", "LOG_FORMAT", "FLASK_ENV"):
+        monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
@@ -51,3 +55,51 @@ def test_each_worker_listens_on_the_port_itself(tmp_path: Path, redis_server: Re
         assert web.log_tail().count(f"listening at: http://127.0.0.1:{port}") == 2
     finally:
         web.stop()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"FLASK_ENV": "production"},
+        {"LOG_FORMAT": "json"},
+        {"FLASK_ENV": "production", "LOG_FORMAT": "text"},
+    ],
+)
+def test_gunicorn_logs_in_the_format_the_app_does(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    settings = _gunicorn_settings(monkeypatch, **env)
+    assert settings["LOG_FORMAT"] == load_config(env)["LOG_FORMAT"]
+    assert settings["JSON_FIELDS"] == logs.JSON_FIELDS
+    json_logger = settings["LOG_FORMAT"] == "json"
+    assert (settings["logger_class"] is settings["JsonLinesLogger"]) is json_logger
+
+
+def test_every_line_of_the_web_is_json_in_production(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = stack_environment(
+        f"sqlite:///{tmp_path / 'messages.db'}", redis_server.url, FLASK_ENV="production"
+    )
+    web, port = start_web(env, tmp_path, workers=1)
+    try:
+        request = Request(
+            f"http://127.0.0.1:{port}/messages",
+            data=b'{"content": "logged"}',
+            headers={"Content-Type": "application/json", "X-Request-ID": "trace-42"},
+        )
+        with urlopen(request, timeout=10) as response:
+            assert response.status == 201
+        wait_for(lambda: '"gunicorn.access"' in web.log_tail(500), what="the access line")
+    finally:
+        web.stop()
+    lines = _json_lines(web.log_tail(500))
+    assert {"gunicorn.error", "gunicorn.access"} <= {line["name"] for line in lines}
+    [post] = [line for line in lines if str(line["message"]).startswith("POST /messages")]
+    assert (post["request_id"], post["status"], post["message_id"]) == ("trace-42", 201, "-")
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    """Every non-empty line as JSON; a line that is not JSON fails the test."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
