@@ -49,10 +49,15 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
 
 
+def request_id_for(supplied: str | None) -> str:
+    """The id of a request: the client's ``X-Request-ID`` when usable, else a new one."""
+    if supplied and len(supplied) <= MAX_REQUEST_ID_LENGTH and supplied.isprintable():
+        return supplied
+    return uuid.uuid4().hex
+
+
 def _assign_request_id() -> None:
-    supplied = request.headers.get(REQUEST_ID_HEADER, "")
-    valid = supplied and len(supplied) <= MAX_REQUEST_ID_LENGTH and supplied.isprintable()
-    g.request_id = supplied if valid else uuid.uuid4().hex
+    g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
 
 
 def _return_request_id(response: Response) -> Response:

@@ -155,11 +155,15 @@ def _start_timer() -> None:
     g.request_started = time.perf_counter()
 
 
+def record_request(method: str, endpoint: str, status: int, seconds: float) -> None:
+    """Count one served request and the time it took."""
+    HTTP_REQUESTS.labels(method, endpoint, str(status)).inc()
+    HTTP_LATENCY.labels(method, endpoint).observe(seconds)
+
+
 def _record_request(response: Response) -> Response:
-    method, endpoint = method_label(), endpoint_label()
     elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
-    HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(method, endpoint).observe(elapsed)
+    record_request(method_label(), endpoint_label(), response.status_code, elapsed)
     return response
 
 

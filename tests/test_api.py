@@ -339,7 +339,11 @@ def test_concurrent_requests_with_one_key_create_one_message(client: FlaskClient
 
 
 def test_busy_database_is_503_and_writes_nothing(databases, redis_server) -> None:
-    """A write lock held past the busy timeout (another program on the SQLite file) is a 503."""
+    """A write lock held past the busy timeout (another program on the SQLite file) is a 503.
+
+    A plain ``POST /messages`` is served by the fast path: its failure is answered by
+    the app's error handlers all the same, request id included.
+    """
     url = databases.create("sqlite")
     env = stack_environment(url, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1")
     app = create_app(load_config(env))
@@ -351,9 +355,10 @@ def test_busy_database_is_503_and_writes_nothing(databases, redis_server) -> Non
             ("/messages", {"content": "blocked"}),
             ("/messages/batch", {"messages": [{"content": "blocked"}]}),
         ]:
-            response = client.post(path, json=body)
+            response = client.post(path, json=body, headers={"X-Request-ID": f"busy {path}"})
             assert_error(response, 503, "service_unavailable")
             assert response.headers["Retry-After"] == "1"
+            assert response.headers["X-Request-ID"] == f"busy {path}"
         holder.execute("ROLLBACK")
         assert total_messages(client) == 0
         assert client.post("/messages", json={"content": "after"}).status_code == 201

@@ -2,11 +2,12 @@
 
 from flask import Flask
 
-from app.api import errors, health, messages
+from app.api import errors, fast_ingest, health, messages
 
 
 def init_app(app: Flask) -> None:
-    """Register the API's blueprints and error handlers."""
+    """Register the API's blueprints, error handlers and the fast path of ``POST /messages``."""
     errors.init_app(app)
     app.register_blueprint(messages.bp)
     app.register_blueprint(health.bp)
+    fast_ingest.init_app(app)

@@ -46,13 +46,13 @@ def message_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _location(message_id: int) -> str:
-    """The URL of a message, as ``url_for("messages.get_message")`` builds it.
+def location(root_path: str, message_id: int) -> str:
+    """The URL of a message below the app's root, as ``url_for("messages.get_message")`` builds it.
 
     Built by hand: ``url_for`` walks the routing map on every call, which was
     ~5 % of the web's CPU per ``POST /messages`` under load.
     """
-    return f"{request.root_path}{bp.url_prefix}/{message_id}"
+    return f"{root_path}{bp.url_prefix}/{message_id}"
 
 
 def _existing(message_id: int) -> dict[str, Any]:
@@ -78,11 +78,11 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
         row, created = current_app.extensions["group_commit"].create(content), True
     else:
         row, created = _create_idempotent(content, idempotency)
-    location = _location(row["id"])
+    url = location(request.root_path, row["id"])
     if not created:
-        return message_out(row), 200, {"Location": location, "Idempotent-Replayed": "true"}
+        return message_out(row), 200, {"Location": url, "Idempotent-Replayed": "true"}
     current_app.extensions["drain_requests"].request_soon()
-    return message_out(row), 201, {"Location": location}
+    return message_out(row), 201, {"Location": url}
 
 
 def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[dict[str, Any], bool]:

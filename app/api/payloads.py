@@ -22,7 +22,11 @@ def json_object(request: Request) -> dict[str, Any]:
             "unsupported_media_type",
             "Send the body as JSON with Content-Type: application/json.",
         )
-    raw = request.get_data(cache=False)
+    return parse_json_object(request.get_data(cache=False))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object, or a 4xx APIError saying what is wrong."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

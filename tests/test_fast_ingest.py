@@ -1,0 +1,111 @@
+"""The fast path of ``POST /messages`` answers as the Flask view does, and leaves the rest to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from flask import Flask, request, request_started
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+VARYING_FIELDS = {"id", "created_at", "updated_at"}
+
+
+@contextmanager
+def flask_dispatches(app: Flask) -> Iterator[list[str]]:
+    """The paths of the requests that Flask's own request handling served meanwhile."""
+    seen: list[str] = []
+
+    def started(sender: Flask, **_: object) -> None:
+        seen.append(request.path)
+
+    with request_started.connected_to(started, app):
+        yield seen
+
+
+def metric_value(client: FlaskClient, name: str, labels: dict[str, str]) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_plain_post_is_answered_below_flask_exactly_as_flask_answers(
+    app: Flask, client: FlaskClient
+) -> None:
+    body = json.dumps({"content": "same either way"})
+    with flask_dispatches(app) as dispatched:
+        fast = client.post("/messages", data=body, content_type="application/json")
+        assert dispatched == []
+        served = client.post("/messages", data=body, content_type="application/json; charset=utf-8")
+        assert dispatched == ["/messages"]
+    assert fast.status == served.status == "201 CREATED"
+    assert sorted(fast.headers.keys()) == sorted(served.headers.keys())
+    assert fast.content_type == served.content_type == "application/json"
+    assert fast.headers["Location"] == f"/messages/{fast.get_json()['id']}"
+    fast_fields, served_fields = fast.get_json(), served.get_json()
+    assert list(fast_fields) == list(served_fields)
+    assert {k: v for k, v in fast_fields.items() if k not in VARYING_FIELDS} == {
+        k: v for k, v in served_fields.items() if k not in VARYING_FIELDS
+    }
+    with app.app_context():
+        assert fast.get_data() == app.json.response(fast_fields).get_data()
+    assert client.get(f"/messages/{fast_fields['id']}").get_json() == fast_fields
+
+
+@pytest.mark.parametrize(
+    ("supplied", "echoed"),
+    [("client-id-7", True), ("x" * 129, False), ("bad\tid", False), (None, False)],
+)
+def test_fast_path_echoes_a_usable_request_id_or_makes_one(
+    client: FlaskClient, supplied: str | None, echoed: bool
+) -> None:
+    headers = {"X-Request-ID": supplied} if supplied is not None else {}
+    response = client.post("/messages", json={"content": "traced"}, headers=headers)
+    assert response.status_code == 201
+    request_id = response.headers["X-Request-ID"]
+    if echoed:
+        assert request_id == supplied
+    else:
+        assert len(request_id) == 32 and int(request_id, 16) >= 0
+
+
+def test_fast_path_requests_are_counted_and_timed(client: FlaskClient) -> None:
+    labels = {"method": "POST", "endpoint": "/messages"}
+    count = ("http_requests_total", {**labels, "status": "201"})
+    timed = ("http_request_latency_seconds_count", labels)
+    before = metric_value(client, *count), metric_value(client, *timed)
+    for number in range(3):
+        assert client.post("/messages", json={"content": f"counted {number}"}).status_code == 201
+    assert metric_value(client, *count) == before[0] + 3
+    assert metric_value(client, *timed) == before[1] + 3
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        # A validation error that Flask can only report if it is given the body again.
+        (b'{"content": ["a"]}', {}, 400, "validation_error"),
+        (b'{"content": ""}', {}, 400, "validation_error"),
+        (b"{not json", {}, 400, "invalid_json"),
+        (b'{"content": "kept"}', {"Idempotency-Key": "k-1"}, 201, None),
+    ],
+)
+def test_other_requests_reach_flask_with_their_body(
+    app: Flask, client: FlaskClient, body: bytes, headers: dict, status: int, code: str | None
+) -> None:
+    with flask_dispatches(app) as dispatched:
+        response = client.post(
+            "/messages", data=body, content_type="application/json", headers=headers
+        )
+    assert dispatched == ["/messages"]
+    assert response.status_code == status
+    if code is not None:
+        assert response.get_json()["error"]["code"] == code
+    else:
+        assert response.get_json()["content"] == "kept"
