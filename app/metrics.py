@@ -151,8 +151,13 @@ def method_label() -> str:
     return method if method in STANDARD_METHODS else OTHER_METHOD
 
 
+def time_request_from(started: float) -> None:
+    """Count the current request's duration from ``started``, a ``time.perf_counter()`` reading."""
+    g.request_started = started
+
+
 def _start_timer() -> None:
-    g.request_started = time.perf_counter()
+    time_request_from(time.perf_counter())
 
 
 def record_request(method: str, endpoint: str, status: int, seconds: float) -> None:

@@ -17,6 +17,7 @@ from app import create_app
 from app.config import load_config
 from app.extensions import db
 from tests.conftest import stack_environment
+from tests.support.metrics import metric_value
 
 STATUSES = ["pending", "processing", "completed", "failed"]
 
@@ -342,13 +343,18 @@ def test_busy_database_is_503_and_writes_nothing(databases, redis_server) -> Non
     """A write lock held past the busy timeout (another program on the SQLite file) is a 503.
 
     A plain ``POST /messages`` is served by the fast path: its failure is answered by
-    the app's error handlers all the same, request id included.
+    the app's error handlers all the same, request id included, and is timed from its
+    start, the wait for the lock included.
     """
     url = databases.create("sqlite")
     env = stack_environment(url, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1")
     app = create_app(load_config(env))
     client = app.test_client()
     holder = sqlite3.connect(make_url(url).database, isolation_level=None)
+    labels = {"method": "POST", "endpoint": "/messages"}
+    quick = ("http_request_latency_seconds_bucket", {**labels, "le": "0.05"})
+    failed = ("http_requests_total", {**labels, "status": "503"})
+    before = metric_value(client, *quick), metric_value(client, *failed)
     try:
         holder.execute("BEGIN IMMEDIATE")
         for path, body in [
@@ -359,6 +365,8 @@ def test_busy_database_is_503_and_writes_nothing(databases, redis_server) -> Non
             assert_error(response, 503, "service_unavailable")
             assert response.headers["Retry-After"] == "1"
             assert response.headers["X-Request-ID"] == f"busy {path}"
+        assert metric_value(client, *failed) == before[1] + 1
+        assert metric_value(client, *quick) == before[0]  # it waited the 0.1 s busy timeout
         holder.execute("ROLLBACK")
         assert total_messages(client) == 0
         assert client.post("/messages", json={"content": "after"}).status_code == 201

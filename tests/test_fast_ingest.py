@@ -9,7 +9,8 @@ from contextlib import contextmanager
 import pytest
 from flask import Flask, request, request_started
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.metrics import metric_value
 
 VARYING_FIELDS = {"id", "created_at", "updated_at"}
 
@@ -24,15 +25,6 @@ def flask_dispatches(app: Flask) -> Iterator[list[str]]:
 
     with request_started.connected_to(started, app):
         yield seen
-
-
-def metric_value(client: FlaskClient, name: str, labels: dict[str, str]) -> float:
-    text = client.get("/metrics").get_data(as_text=True)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def test_plain_post_is_answered_below_flask_exactly_as_flask_answers(

@@ -31,7 +31,7 @@ from app.api.errors import APIError
 from app.api.messages import location, message_out
 from app.api.payloads import IDEMPOTENCY_HEADER, message_content, parse_json_object
 from app.logs import REQUEST_ID_HEADER, request_id_for
-from app.metrics import record_request
+from app.metrics import record_request, time_request_from
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 JSON = "application/json"
@@ -65,7 +65,7 @@ class FastIngest:
             try:
                 row = self._app.extensions["group_commit"].create(content)
             except Exception as error:
-                return self._error_answer(environ, error)(environ, start_response)
+                return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()
         payload = f"{self._app.json.dumps(message_out(row), separators=(',', ':'))}\n".encode()
         request_id = request_id_for(environ.get(_REQUEST_ID))
@@ -97,11 +97,12 @@ class FastIngest:
             return None
         return int(length)
 
-    def _error_answer(self, environ: dict[str, Any], error: Exception) -> Any:
+    def _error_answer(self, environ: dict[str, Any], error: Exception, started: float) -> Any:
         """The response the app's error handlers give for ``error``, hooks included."""
         app = self._app
         with app.request_context(environ):
             app.preprocess_request()
+            time_request_from(started)  # the time spent trying to store counts too
             return app.process_response(app.make_response(app.handle_user_exception(error)))
 
 
