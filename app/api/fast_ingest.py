@@ -29,15 +29,26 @@ from flask import Flask
 
 from app.api.errors import APIError
 from app.api.messages import location, message_out
-from app.api.payloads import IDEMPOTENCY_HEADER, message_content, parse_json_object
+from app.api.payloads import (
+    IDEMPOTENCY_HEADER,
+    JSON_MIMETYPE,
+    message_content,
+    parse_json_object,
+)
 from app.logs import REQUEST_ID_HEADER, request_id_for
 from app.metrics import record_request, time_request_from
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-JSON = "application/json"
 CREATE_ENDPOINT = "messages.create_message"
-_IDEMPOTENCY_KEY = "HTTP_" + IDEMPOTENCY_HEADER.upper().replace("-", "_")
-_REQUEST_ID = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+
+
+def _environ_key(header: str) -> str:
+    """Where a WSGI server puts a request header in the environ."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+_IDEMPOTENCY_KEY = _environ_key(IDEMPOTENCY_HEADER)
+_REQUEST_ID = _environ_key(REQUEST_ID_HEADER)
 
 
 class FastIngest:
@@ -72,7 +83,7 @@ class FastIngest:
         start_response(
             "201 CREATED",
             [
-                ("Content-Type", JSON),
+                ("Content-Type", JSON_MIMETYPE),
                 ("Content-Length", str(len(payload))),
                 ("Location", location(environ.get("SCRIPT_NAME", "").rstrip("/"), row["id"])),
                 (REQUEST_ID_HEADER, request_id),
@@ -87,7 +98,7 @@ class FastIngest:
         plain = (
             environ["REQUEST_METHOD"] == "POST"
             and environ.get("PATH_INFO") == self._path
-            and environ.get("CONTENT_TYPE") == JSON
+            and environ.get("CONTENT_TYPE") == JSON_MIMETYPE
             and _IDEMPOTENCY_KEY not in environ
             and environ.get("SCRIPT_NAME", "").isascii()
             and length.isascii()

@@ -10,13 +10,14 @@ from flask import Request
 from app.api.errors import APIError, validation_error
 from app.models import MessageStatus
 
+JSON_MIMETYPE = "application/json"
 # Ids and cursors beyond a signed 64-bit integer cannot exist in either database.
 MAX_ID = 2**63 - 1
 
 
 def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 4xx APIError saying what is wrong."""
-    if request.mimetype != "application/json":
+    if request.mimetype != JSON_MIMETYPE:
         raise APIError(
             415,
             "unsupported_media_type",
