@@ -6,10 +6,11 @@ from typing import Any
 
 from flask import Flask
 
-from app import api, database, dispatch, logs, metrics, processing
+from app import api, database, logs, metrics, wakeups
 from app.celery_app import celery_init_app
 from app.config import INSTANCE_DIR, load_config
 from app.ingest import GroupCommit
+from app.worker import drain
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -20,9 +21,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     logs.init_app(app)
     database.init_app(app)
-    processing.init_app(app)
+    drain.init_app(app)
     celery_init_app(app)
-    dispatch.init_app(app)
+    wakeups.init_app(app)
     app.extensions["group_commit"] = GroupCommit(app.config["INGEST_GATHER_SECONDS"])
     metrics.init_app(app)
     api.init_app(app)

@@ -14,8 +14,8 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
-from app.recovery import RecoveryStep
-from app.worker_metrics import MetricsServerStep
+from app.worker.metrics_server import MetricsServerStep
+from app.worker.sweep import RecoveryStep
 
 # Longer than any task runs (a drain stops after N3HUB_DRAIN_BUDGET seconds), so
 # Redis never hands a running task to a second worker.

@@ -96,7 +96,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "WAKE_REDIS_URL": _text(env, "N3HUB_WAKE_REDIS_URL", default_wake_url),
         "BROKER_TIMEOUT": _seconds(env, "N3HUB_BROKER_TIMEOUT", 1.0, 0.05),
         "IDEMPOTENCY_TTL": _seconds(env, "N3HUB_IDEMPOTENCY_TTL", 86400.0, 1.0),
-        "PROCESSOR": _text(env, "N3HUB_PROCESSOR", "app.processors:analyse_text"),
+        "PROCESSOR": _text(env, "N3HUB_PROCESSOR", "app.worker.processors:analyse_text"),
         "BATCH_SIZE": _integer(env, "N3HUB_BATCH_SIZE", 200),
         "DRAIN_BUDGET": _seconds(env, "N3HUB_DRAIN_BUDGET", 5.0, 0.1),
         "GATHER_SECONDS": _seconds(env, "N3HUB_GATHER_SECONDS", 0.02),

@@ -12,7 +12,7 @@ Counts that must be true for the whole deployment come from two places:
 Celery workers record their own per-process metrics (processing durations,
 latency, progress). On one host they share the web's multiprocess directory
 and appear in the web's ``/metrics``; in separate containers each worker serves
-them on ``N3HUB_WORKER_METRICS_PORT`` instead (see :mod:`app.worker_metrics`).
+them on ``N3HUB_WORKER_METRICS_PORT`` instead (see :mod:`app.worker.metrics_server`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Celery tasks. They are thin: the work lives in :mod:`app.processing`."""
+"""Celery tasks. They are thin: the work lives in :mod:`app.worker.drain`."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from flask import current_app
 
-from app import processing
-from app.dispatch import DRAIN_TASK
+from app.wakeups import DRAIN_TASK
+from app.worker import drain
 
 
 @shared_task(name=DRAIN_TASK, ignore_result=True)
@@ -14,4 +14,4 @@ def drain_messages() -> int:
     """Process pending messages from the database in batches."""
     drain_requests = current_app.extensions["drain_requests"]
     drain_requests.started()
-    return processing.drain(drain_requests)
+    return drain.drain(drain_requests)

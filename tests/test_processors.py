@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from app.lifecycle import ClaimedMessage
-from app.processing import describe_error, run_processor
-from app.processors import PermanentProcessingError, analyse_text, load_processor
+from app.worker.drain import describe_error, run_processor
+from app.worker.processors import PermanentProcessingError, analyse_text, load_processor
 
 
 def message(content: str) -> ClaimedMessage:
@@ -29,11 +29,11 @@ def test_analyse_text_is_deterministic_real_work() -> None:
 
 
 def test_load_processor_by_path() -> None:
-    assert load_processor("app.processors:analyse_text") is analyse_text
+    assert load_processor("app.worker.processors:analyse_text") is analyse_text
     with pytest.raises(ValueError, match="module:function"):
-        load_processor("app.processors")
+        load_processor("app.worker.processors")
     with pytest.raises(ValueError, match="not callable"):
-        load_processor("app.processors:PERMANENT_ERRORS")
+        load_processor("app.worker.processors:PERMANENT_ERRORS")
 
 
 def raises(error: Exception):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from app.lifecycle import ClaimedMessage
-from app.processors import PermanentProcessingError, TransientProcessingError, analyse_text
+from app.worker.processors import PermanentProcessingError, TransientProcessingError, analyse_text
 
 
 def scripted(message: ClaimedMessage) -> Any:

@@ -15,11 +15,12 @@ from flask import Flask
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
-from app import create_app, lifecycle, processing
+from app import create_app, lifecycle
 from app.config import load_config
 from app.database import write_transaction
-from app.dispatch import DRAIN_HELP_KEY_PREFIX, DRAIN_MARKER_KEY_PREFIX, DrainRequests
 from app.extensions import db
+from app.wakeups import DRAIN_HELP_KEY_PREFIX, DRAIN_MARKER_KEY_PREFIX, DrainRequests
+from app.worker import drain
 from tests.conftest import DatabaseFactory, stack_environment
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer
@@ -90,7 +91,7 @@ def test_a_drain_takes_the_messages_committed_while_it_runs_then_releases_the_ma
         # Committed while the drain holds the marker: the web would queue nothing for it.
         lifecycle.create_messages(["second"])
         assert drains.request() and broker.llen(queue) == 0
-        assert processing.drain(drains) == 2
+        assert drain.drain(drains) == 2
         assert not lifecycle.pending_work_due()
     assert not broker.exists(DRAIN_MARKER_KEY_PREFIX + queue)
     assert drains.request() and broker.llen(queue) == 1
@@ -101,7 +102,7 @@ def test_a_full_batch_asks_for_one_helper(wake_app: Flask, broker: Redis, queue:
     with wake_app.app_context():
         lifecycle.create_messages([f"message {number}" for number in range(3 * BATCH_SIZE)])
         drains.started()
-        assert processing.drain(drains) == 3 * BATCH_SIZE
+        assert drain.drain(drains) == 3 * BATCH_SIZE
     # Three full batches, one help task: the second and third asked while it still waited.
     assert broker.llen(queue) == 1
 
@@ -133,5 +134,5 @@ def test_a_drain_that_fails_releases_the_marker(wake_app: Flask, broker: Redis, 
             connection.exec_driver_sql("DROP TABLE messages")  # every claim fails from now on
         drains.started()
         with pytest.raises(OperationalError):
-            processing.drain(drains)
+            drain.drain(drains)
     assert not broker.exists(DRAIN_MARKER_KEY_PREFIX + queue)

@@ -11,7 +11,7 @@ claim waits until ``N3HUB_GATHER_SECONDS`` after this one, and the messages
 that arrive meanwhile share it. A batch of one means the load is light, and
 waiting would only add latency.
 
-While it works a drain holds the drain marker (:mod:`app.dispatch`), so the web
+While it works a drain holds the drain marker (:mod:`app.wakeups`), so the web
 sends no task for the messages it will claim anyway.
 """
 
@@ -36,13 +36,13 @@ from app.metrics import (
     PROCESSING_DURATION,
     WORKER_LAST_PROGRESS,
 )
-from app.processors import PERMANENT_ERRORS, Processor, load_processor
+from app.worker.processors import PERMANENT_ERRORS, Processor, load_processor
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 500
 DATABASE_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
-# Well within the marker's expiry (app.dispatch.DRAIN_MARKER_TTL_SECONDS).
+# Well within the marker's expiry (app.wakeups.DRAIN_MARKER_TTL_SECONDS).
 MARKER_REFRESH_SECONDS = 1.0
 
 T = TypeVar("T")
@@ -61,7 +61,7 @@ class ProcessingSettings:
 
 
 class DrainSignals(Protocol):
-    """How a drain tells the web and the other workers what it is doing (app.dispatch)."""
+    """How a drain tells the web and the other workers what it is doing (app.wakeups)."""
 
     def hold(self) -> None: ...
 
