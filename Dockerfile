@@ -13,6 +13,8 @@ COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
 FROM python:3.12-slim
+# PYTHONPATH makes a package copied under /app by a derived image importable by every
+# role (DEPLOYMENT.md, "Custom processors").
 # PROMETHEUS_MULTIPROC_DIR lives in the container's own file system: the entrypoint
 # wipes it at every start, and no other container may share it.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -20,6 +22,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FLASK_ENV=production \
     PORT=5000 \
+    PYTHONPATH=/app \
     PROMETHEUS_MULTIPROC_DIR=/tmp/n3hub-metrics
 # The code stays owned by root (the service cannot rewrite it); only the SQLite
 # directory, where a volume is mounted, and the home directory (Gunicorn's control

@@ -5,40 +5,57 @@ here can be overridden on the command line. Where the app logs JSON (production)
 so do Gunicorn's own lines, its access log included.
 """
 
-import os
+import importlib.util
 import sys
+from pathlib import Path
 
 from gunicorn.glogging import Logger
 from prometheus_client import multiprocess
 from pythonjsonlogger.json import JsonFormatter
 
-# The rule and the fields of app/config.py and app/logs.py, which the Gunicorn master
-# cannot import: the app package would load before gevent patches the workers.
-LOG_FORMAT = os.environ.get("LOG_FORMAT", "").strip() or (
-    "json" if os.environ.get("FLASK_ENV", "").strip() == "production" else "text"
-)
+
+def _settings_module():
+    """app/config.py, the one declaration of the settings, loaded as a file."""
+    # Importing the app package would load it in the master, before gevent patches the workers.
+    path = Path(__file__).resolve().parent / "app" / "config.py"
+    spec = importlib.util.spec_from_file_location("n3hub_settings", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_settings = _settings_module()
+try:
+    # Every setting, the app's included, is checked here, before any worker boots.
+    CONFIG = _settings.load_config()
+except _settings.ConfigError as error:
+    sys.exit(f"gunicorn: {error}")
+
+# The fields of app/logs.py, which the master cannot import either.
+LOG_FORMAT = CONFIG["LOG_FORMAT"]
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message_id)s %(message)s"
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+bind = f"{CONFIG['HOST']}:{CONFIG['PORT']}"
 # One process per core, each serving many requests at once on gevent's greenlets:
 # a request mostly waits on the database, and the requests of one process share
 # their commits (app/ingest.py), which beats more processes queueing on SQLite's
 # single write lock. Greenlets hand over more cheaply than threads: on 2 cores
 # they store 1.6-1.9x the messages per second of 16 gthreads (see BENCHMARKS.md).
-workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 2)))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+workers = CONFIG["WEB_CONCURRENCY"]
+worker_class = CONFIG["GUNICORN_WORKER_CLASS"]
 # Only for GUNICORN_WORKER_CLASS=gthread; gevent takes up to worker_connections (1000).
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = CONFIG["GUNICORN_THREADS"]
 # Each worker listens on a socket of its own (SO_REUSEPORT) and Linux picks one for each
 # new connection by a hash of its addresses. On one shared socket, the worker that woke first
 # took most of a burst: 16 connections opened together split as unevenly as 15 to 1,
 # and a process with few connections leaves its core idle while it waits on its commits.
 # Other systems do not balance such sockets, so there the workers share one.
-reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "1" if sys.platform == "linux" else "0") == "1"
+reuse_port = CONFIG["GUNICORN_REUSE_PORT"]
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+accesslog = CONFIG["GUNICORN_ACCESSLOG"] or None
 errorlog = "-"
 
 
@@ -93,5 +110,5 @@ def post_fork(server, worker):
 
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the shared metrics directory."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if CONFIG["PROMETHEUS_MULTIPROC_DIR"]:
         multiprocess.mark_process_dead(worker.pid)

@@ -24,7 +24,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     drain.init_app(app)
     celery_init_app(app)
     wakeups.init_app(app)
-    app.extensions["group_commit"] = GroupCommit(app.config["INGEST_GATHER_SECONDS"])
+    app.extensions["group_commit"] = GroupCommit(app.config["COMMIT_GATHER_SECONDS"])
     metrics.init_app(app)
     api.init_app(app)
     return app

@@ -1,13 +1,22 @@
-"""Configuration read from environment variables, with defaults that work on a laptop.
+"""Every setting, declared once, and the configuration read from environment variables.
 
-This is the only module that reads ``os.environ``. Every setting is documented in
-the README's configuration table.
+This is the only module that reads ``os.environ``. ``SETTINGS`` declares each
+variable (its config key, type, default, bounds or allowed values, and meaning);
+``load_config`` validates the environment against it, and the README's
+configuration table is generated from it (``python -m scripts.settings_table``).
+
+The module imports nothing from ``app``: the Gunicorn master loads it by path
+(``gunicorn.conf.py``) without importing the app package.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +28,244 @@ DEFAULT_RESULT_BACKEND = "redis://localhost:6379/1"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class ConfigError(ValueError):
     """An environment variable holds a value that cannot be used."""
 
 
-def _text(env: Mapping[str, str], name: str, default: str) -> str:
-    return env.get(name, "").strip() or default
+class Kind(Enum):
+    """How a variable's text becomes a value; the value is what the docs call its type."""
+
+    TEXT = "text"
+    URL = "URL"
+    INTEGER = "integer"
+    SECONDS = "seconds"
+    FLAG = "flag"
+    CHOICE = "choice"
+    IMPORT_PATH = "module:callable"
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> Any:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: how it is read, its default and what it means."""
+
+    env: str
+    key: str
+    kind: Kind
+    default: Any
+    meaning: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    # The default as the README shows it, where the value itself says too little.
+    shown_default: str | None = None
+    # Set but empty: False means "as if unset"; True means the empty text is the value.
+    empty_is_value: bool = False
+
+    def allowed(self) -> str:
+        """What the variable accepts, in words (for error messages and the README)."""
+        if self.kind is Kind.CHOICE:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is Kind.FLAG:
+            return "1/0, true/false, yes/no or on/off"
+        if self.kind is Kind.IMPORT_PATH:
+            return "package.module:callable"
+        if self.kind is Kind.URL:
+            words = " or ".join(("a URL (scheme://…)", *self.choices))
+            return f"{words}, or empty" if self.empty_is_value else words
+        if self.kind in (Kind.INTEGER, Kind.SECONDS):
+            noun = "an integer" if self.kind is Kind.INTEGER else "a number of seconds"
+            return noun + _bounds(self.minimum, self.maximum)
+        return "any text, or empty" if self.empty_is_value else "any text"
+
+    def parse(self, raw: str) -> Any:
+        """The value of ``raw`` (already stripped, not empty); ConfigError if not allowed."""
+        value = _PARSERS[self.kind](self, raw)
+        if value is None:
+            raise ConfigError(f"{self.env}={raw!r} is not allowed: use {self.allowed()}")
+        return value
+
+    def read(self, env: Mapping[str, str], values: Mapping[str, Any]) -> Any:
+        """This setting's value from ``env``, or its default given the ``values`` read so far."""
+        raw = env.get(self.env)
+        if raw is not None and (raw.strip() or self.empty_is_value):
+            return self.parse(raw.strip()) if raw.strip() else ""
+        return self.default(values) if callable(self.default) else self.default
+
+    def default_text(self) -> str:
+        """The default as the README shows it."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if isinstance(self.default, bool):
+            return "`1`" if self.default else "`0`"
+        if isinstance(self.default, float):
+            return f"`{self.default:g}`"
+        return f"`{self.default}`"
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum:g} to {maximum:g}"
+    return f" of at least {minimum:g}" if minimum is not None else ""
+
+
+def _within(setting: Setting, value: float) -> float | None:
+    too_low = setting.minimum is not None and value < setting.minimum
+    too_high = setting.maximum is not None and value > setting.maximum
+    return None if too_low or too_high else value
+
+
+def _integer(setting: Setting, raw: str) -> int | None:
+    return _within(setting, int(raw)) if re.fullmatch(r"[+-]?\d+", raw) else None
+
+
+def _seconds(setting: Setting, raw: str) -> float | None:
     try:
-        value = kind(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+        return None
+    return _within(setting, value) if value == value and value != float("inf") else None
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    return _number(env, name, default, int, minimum)
+def _flag(_setting: Setting, raw: str) -> bool | None:
+    lowered = raw.lower()
+    return True if lowered in _TRUE else False if lowered in _FALSE else None
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    return _number(env, name, default, float, minimum)
+def _choice(setting: Setting, raw: str) -> str | None:
+    by_fold = {choice.casefold(): choice for choice in setting.choices}
+    return by_fold.get(raw.casefold())
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false)")
+def _url(setting: Setting, raw: str) -> str | None:
+    return raw if _URL.match(raw) or raw in setting.choices else None
+
+
+def _import_path(_setting: Setting, raw: str) -> str | None:
+    return raw if _IMPORT_PATH.fullmatch(raw) else None
+
+
+_PARSERS: dict[Kind, Callable[[Setting, str], Any]] = {
+    Kind.TEXT: lambda _setting, raw: raw,
+    Kind.URL: _url,
+    Kind.INTEGER: _integer,
+    Kind.SECONDS: _seconds,
+    Kind.FLAG: _flag,
+    Kind.CHOICE: _choice,
+    Kind.IMPORT_PATH: _import_path,
+}
+
+
+def _production(values: Mapping[str, Any]) -> bool:
+    return values["ENV_NAME"] == "production"
+
+
+def _broker_if_redis(values: Mapping[str, Any]) -> str:
+    broker = values["CELERY_BROKER_URL"]
+    return broker if broker.startswith(("redis://", "rediss://")) else ""
+
+
+# The README's configuration table lists these rows in this order; a default
+# computed from other settings names only rows above it.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("FLASK_ENV", "ENV_NAME", Kind.CHOICE, "development",
+            "`production` turns debug off and logs JSON",
+            choices=("development", "production")),
+    Setting("FLASK_DEBUG", "DEBUG", Kind.FLAG, False,
+            "Werkzeug debugger for `python run.py` (ignored in production)"),
+    Setting("DATABASE_URL", "SQLALCHEMY_DATABASE_URI", Kind.URL, DEFAULT_DATABASE_URL,
+            "any SQLAlchemy URL; `postgres://…` and `postgresql://…` are read as "
+            "`postgresql+psycopg://…`",
+            shown_default="`sqlite:///<repo>/instance/messages.db`"),
+    Setting("CELERY_BROKER_URL", "CELERY_BROKER_URL", Kind.URL, DEFAULT_BROKER_URL,
+            "Celery broker (Redis; `amqp://…` works too)"),
+    Setting("CELERY_RESULT_BACKEND", "CELERY_RESULT_BACKEND", Kind.URL, DEFAULT_RESULT_BACKEND,
+            "Celery result backend (tasks store no results; `disabled` where there is no Redis)",
+            choices=("disabled",)),
+    Setting("N3HUB_TASK_QUEUE", "TASK_QUEUE", Kind.TEXT, "n3hub",
+            "Celery queue the drain tasks use (give each deployment sharing a broker its own)"),
+    Setting("N3HUB_WAKE_REDIS_URL", "WAKE_REDIS_URL", Kind.URL, _broker_if_redis,
+            "Redis holding the drain marker (\"a drain is queued or running\"); "
+            "empty means queue a drain per message",
+            shown_default="the broker URL when it is Redis, else empty", empty_is_value=True),
+    Setting("N3HUB_BROKER_TIMEOUT", "BROKER_TIMEOUT", Kind.SECONDS, 1.0,
+            "seconds a request waits for the broker when queueing", minimum=0.05),
+    Setting("N3HUB_AUTO_MIGRATE", "AUTO_MIGRATE", Kind.FLAG, True,
+            "upgrade the schema when a process starts (under a lock)"),
+    Setting("N3HUB_SQLITE_SYNCHRONOUS", "SQLITE_SYNCHRONOUS", Kind.CHOICE, "FULL",
+            "SQLite `synchronous` pragma; `FULL` makes each commit durable on power loss",
+            choices=("OFF", "NORMAL", "FULL", "EXTRA")),
+    Setting("N3HUB_SQLITE_BUSY_TIMEOUT", "SQLITE_BUSY_TIMEOUT", Kind.SECONDS, 30.0,
+            "seconds a SQLite writer waits for the lock", minimum=0.1),
+    Setting("N3HUB_MAX_BODY_BYTES", "MAX_CONTENT_LENGTH", Kind.INTEGER, 1024 * 1024,
+            "largest accepted request body, in bytes (413 above it)", minimum=1),
+    Setting("N3HUB_MAX_BATCH_MESSAGES", "MAX_BATCH_MESSAGES", Kind.INTEGER, 1000,
+            "most messages one `POST /messages/batch` may carry", minimum=1),
+    Setting("N3HUB_COMMIT_GATHER_SECONDS", "COMMIT_GATHER_SECONDS", Kind.SECONDS, 0.001,
+            "after a commit shared by several `POST /messages` of one web process, the shortest "
+            "time before it starts the next (0: at once)", minimum=0),
+    Setting("N3HUB_PAGE_SIZE", "PAGE_SIZE", Kind.INTEGER, 50,
+            "page size of `GET /messages` without `?limit=`", minimum=1),
+    Setting("N3HUB_MAX_PAGE_SIZE", "MAX_PAGE_SIZE", Kind.INTEGER, 200,
+            "largest `?limit=` of `GET /messages`", minimum=1),
+    Setting("N3HUB_IDEMPOTENCY_TTL", "IDEMPOTENCY_TTL", Kind.SECONDS, 86400.0,
+            "seconds an `Idempotency-Key` is remembered", minimum=1),
+    Setting("N3HUB_PROCESSOR", "PROCESSOR", Kind.IMPORT_PATH, "app.worker.processors:analyse_text",
+            "the processor, imported by the web and the worker at start"),
+    Setting("N3HUB_CLAIM_SIZE", "CLAIM_SIZE", Kind.INTEGER, 200,
+            "most messages one claim takes", minimum=1),
+    Setting("N3HUB_DRAIN_BUDGET", "DRAIN_BUDGET", Kind.SECONDS, 5.0,
+            "seconds one drain task runs before handing over", minimum=0.1),
+    Setting("N3HUB_CLAIM_GATHER_SECONDS", "CLAIM_GATHER_SECONDS", Kind.SECONDS, 0.02,
+            "under a steady flow, the shortest time between two claims of a drain "
+            "(0: claim again at once)", minimum=0),
+    Setting("N3HUB_MAX_ATTEMPTS", "MAX_ATTEMPTS", Kind.INTEGER, 5,
+            "attempts before a message is `failed`", minimum=1),
+    Setting("N3HUB_RETRY_BASE_DELAY", "RETRY_BASE_DELAY", Kind.SECONDS, 1.0,
+            "seconds before the first retry of a transient failure; doubles each time",
+            minimum=0),
+    Setting("N3HUB_RETRY_MAX_DELAY", "RETRY_MAX_DELAY", Kind.SECONDS, 300.0,
+            "longest wait between two retries", minimum=0),
+    Setting("N3HUB_LEASE_SECONDS", "LEASE_SECONDS", Kind.SECONDS, 60.0,
+            "how long a claim stays valid without renewal", minimum=1),
+    Setting("N3HUB_SWEEP_INTERVAL", "SWEEP_INTERVAL", Kind.SECONDS, 2.0,
+            "seconds between recovery sweeps in each worker", minimum=0.05),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR", Kind.TEXT, "",
+            "shared directory for multi-process metrics; set it before the processes start, "
+            "wipe it before each start",
+            shown_default="unset (`make run`: `var/prometheus`)"),
+    Setting("N3HUB_WORKER_METRICS_PORT", "WORKER_METRICS_PORT", Kind.INTEGER, 0,
+            "a worker serves its own metrics on this port (0: none; for workers in their own "
+            "containers)", minimum=0, maximum=65535),
+    Setting("LOG_LEVEL", "LOG_LEVEL", Kind.CHOICE, "INFO", "root log level",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Setting("LOG_FORMAT", "LOG_FORMAT", Kind.CHOICE,
+            lambda values: "json" if _production(values) else "text",
+            "log lines as JSON objects or as text", choices=("text", "json"),
+            shown_default="`text` (`json` in production)"),
+    Setting("HOST", "HOST", Kind.TEXT, "0.0.0.0",
+            "address `python run.py` and Gunicorn listen on"),
+    Setting("PORT", "PORT", Kind.INTEGER, 5000,
+            "port `python run.py` and Gunicorn listen on", minimum=1, maximum=65535),
+    Setting("WEB_CONCURRENCY", "WEB_CONCURRENCY", Kind.INTEGER, lambda _values: os.cpu_count() or 2,
+            "Gunicorn worker processes", minimum=1, shown_default="CPU cores"),
+    Setting("GUNICORN_WORKER_CLASS", "GUNICORN_WORKER_CLASS", Kind.CHOICE, "gevent",
+            "Gunicorn worker type; a process's concurrent requests share commits",
+            choices=("gevent", "gthread", "sync")),
+    Setting("GUNICORN_THREADS", "GUNICORN_THREADS", Kind.INTEGER, 16,
+            "threads per Gunicorn worker, with `GUNICORN_WORKER_CLASS=gthread` only", minimum=1),
+    Setting("GUNICORN_ACCESSLOG", "GUNICORN_ACCESSLOG", Kind.TEXT, "-",
+            "Gunicorn's access log: `-` is stdout, else a file; empty turns it off",
+            empty_is_value=True),
+    Setting("GUNICORN_REUSE_PORT", "GUNICORN_REUSE_PORT", Kind.FLAG,
+            lambda _values: sys.platform == "linux",
+            "each Gunicorn worker listens on a socket of its own and the kernel spreads "
+            "connections evenly; a port already in use stops the start",
+            shown_default="`1` on Linux, `0` elsewhere"),
+)  # fmt: skip
 
 
 def normalise_database_url(url: str) -> str:
@@ -70,43 +277,11 @@ def normalise_database_url(url: str) -> str:
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Build the Flask config mapping from environment variables."""
+    """Build the config mapping from environment variables; ConfigError names a bad one."""
     env = os.environ if env is None else env
-    production = _text(env, "FLASK_ENV", "development") == "production"
-    broker_url = _text(env, "CELERY_BROKER_URL", DEFAULT_BROKER_URL)
-    result_backend = _text(env, "CELERY_RESULT_BACKEND", DEFAULT_RESULT_BACKEND)
-    default_wake_url = broker_url if broker_url.startswith(("redis://", "rediss://")) else ""
-    return {
-        "ENV_NAME": "production" if production else "development",
-        "DEBUG": not production and _flag(env, "FLASK_DEBUG", False),
-        "SQLALCHEMY_DATABASE_URI": normalise_database_url(
-            _text(env, "DATABASE_URL", DEFAULT_DATABASE_URL)
-        ),
-        "SQLITE_SYNCHRONOUS": _text(env, "N3HUB_SQLITE_SYNCHRONOUS", "FULL").upper(),
-        "SQLITE_BUSY_TIMEOUT": _seconds(env, "N3HUB_SQLITE_BUSY_TIMEOUT", 30.0, 0.1),
-        "AUTO_MIGRATE": _flag(env, "N3HUB_AUTO_MIGRATE", True),
-        "MAX_CONTENT_LENGTH": _integer(env, "N3HUB_MAX_BODY_BYTES", 1024 * 1024),
-        "MAX_BATCH": _integer(env, "N3HUB_MAX_BATCH", 1000),
-        "INGEST_GATHER_SECONDS": _seconds(env, "N3HUB_INGEST_GATHER_SECONDS", 0.001),
-        "PAGE_SIZE": _integer(env, "N3HUB_PAGE_SIZE", 50),
-        "MAX_PAGE_SIZE": _integer(env, "N3HUB_MAX_PAGE_SIZE", 200),
-        "CELERY_BROKER_URL": broker_url,
-        "CELERY_RESULT_BACKEND": result_backend,
-        "TASK_QUEUE": _text(env, "N3HUB_TASK_QUEUE", "n3hub"),
-        "WAKE_REDIS_URL": _text(env, "N3HUB_WAKE_REDIS_URL", default_wake_url),
-        "BROKER_TIMEOUT": _seconds(env, "N3HUB_BROKER_TIMEOUT", 1.0, 0.05),
-        "IDEMPOTENCY_TTL": _seconds(env, "N3HUB_IDEMPOTENCY_TTL", 86400.0, 1.0),
-        "PROCESSOR": _text(env, "N3HUB_PROCESSOR", "app.worker.processors:analyse_text"),
-        "BATCH_SIZE": _integer(env, "N3HUB_BATCH_SIZE", 200),
-        "DRAIN_BUDGET": _seconds(env, "N3HUB_DRAIN_BUDGET", 5.0, 0.1),
-        "GATHER_SECONDS": _seconds(env, "N3HUB_GATHER_SECONDS", 0.02),
-        "MAX_ATTEMPTS": _integer(env, "N3HUB_MAX_ATTEMPTS", 5),
-        "RETRY_BASE_DELAY": _seconds(env, "N3HUB_RETRY_BASE_DELAY", 1.0),
-        "RETRY_MAX_DELAY": _seconds(env, "N3HUB_RETRY_MAX_DELAY", 300.0),
-        "LEASE_SECONDS": _seconds(env, "N3HUB_LEASE_SECONDS", 60.0, 1.0),
-        "SWEEP_INTERVAL": _seconds(env, "N3HUB_SWEEP_INTERVAL", 2.0, 0.05),
-        "PROMETHEUS_MULTIPROC_DIR": _text(env, "PROMETHEUS_MULTIPROC_DIR", ""),
-        "WORKER_METRICS_PORT": _integer(env, "N3HUB_WORKER_METRICS_PORT", 0, minimum=0),
-        "LOG_LEVEL": _text(env, "LOG_LEVEL", "INFO").upper(),
-        "LOG_FORMAT": _text(env, "LOG_FORMAT", "json" if production else "text"),
-    }
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        values[setting.key] = setting.read(env, values)
+    values["DEBUG"] = values["DEBUG"] and not _production(values)
+    values["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(values["SQLALCHEMY_DATABASE_URI"])
+    return values

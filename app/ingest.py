@@ -8,7 +8,7 @@ transaction, and each request still answers only after its own row is durable.
 Before taking the queue, the leader yields once, so that requests already
 under way in this process (greenlets under gevent, threads otherwise) join its
 group rather than the next one. After a group of more than one, the next
-leader also waits until ``N3HUB_INGEST_GATHER_SECONDS`` after that group's
+leader also waits until ``N3HUB_COMMIT_GATHER_SECONDS`` after that group's
 commit began: a commit costs nearly the same CPU for one message as for five (its
 fsync dominates), and under a steady flow the wait turns several small groups
 into one. An idle system sees groups of one, which never wait, so a lone

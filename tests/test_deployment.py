@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
@@ -32,7 +33,9 @@ import yaml
 from redis import Redis
 from sqlalchemy.engine import make_url
 
-from app.config import PROJECT_ROOT
+from app.config import PROJECT_ROOT, load_config
+from app.lifecycle import ClaimedMessage
+from app.worker.processors import load_processor
 from scripts.local_redis import redis_answers, redis_server_binary
 from tests.conftest import DatabaseFactory
 from tests.support.polling import wait_for
@@ -165,10 +168,12 @@ class Instruction:
         return flags, json.loads(command)
 
 
-def dockerfile_stages() -> list[list[Instruction]]:
-    """The Dockerfile's build stages, each a list of instructions starting with its FROM."""
+def dockerfile_stages(text: str | None = None) -> list[list[Instruction]]:
+    """A Dockerfile's build stages (the repository's by default), each starting with its FROM."""
+    if text is None:
+        text = (PROJECT_ROOT / "Dockerfile").read_text()
     logical, pending = [], ""
-    for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines():
+    for line in text.splitlines():
         if line.lstrip().startswith("#"):
             continue
         if line.endswith("\\"):
@@ -197,10 +202,10 @@ def instructions(stage: list[Instruction], keyword: str) -> list[Instruction]:
     return [instruction for instruction in stage if instruction.keyword == keyword]
 
 
-def image_environment() -> dict[str, str]:
-    """The final stage's ENV, ``$PATH`` references left as written."""
+def image_environment(stage: list[Instruction] | None = None) -> dict[str, str]:
+    """A stage's ENV (the image's by default), ``$PATH`` references left as written."""
     env = {}
-    for instruction in instructions(final_stage(), "ENV"):
+    for instruction in instructions(stage or final_stage(), "ENV"):
         for word in shlex.split(instruction.arguments):
             name, _, value = word.partition("=")
             env[name] = value
@@ -427,20 +432,6 @@ def test_dashboard_queries_reach_the_provisioned_datasource() -> None:
             assert reference.get("uid") in allowed_uids, reference
 
 
-def test_deployment_guide_documents_every_setting() -> None:
-    names = set(re.findall(r'\(env, "([A-Z0-9_]+)"', (PROJECT_ROOT / "app/config.py").read_text()))
-    gunicorn = (PROJECT_ROOT / "gunicorn.conf.py").read_text()
-    names |= set(re.findall(r"os\.environ\.get\(['\"]([A-Z0-9_]+)['\"]", gunicorn))
-    assert len(names) > 20
-    table = [
-        line
-        for line in (PROJECT_ROOT / "DEPLOYMENT.md").read_text().splitlines()
-        if line.startswith("| `")
-    ]
-    documented = {name for line in table for name in re.findall(r"`([A-Z0-9_]+)`", line)}
-    assert names <= documented, sorted(names - documented)
-
-
 def test_every_named_volume_is_declared_and_used(compose: dict) -> None:
     used = {m.source for s in compose["services"].values() for m in mounts(s) if m.named}
     assert used == set(compose["volumes"])
@@ -561,6 +552,39 @@ def test_dockerfile_passes_hadolint() -> None:
         [hadolint, "Dockerfile"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    """The code blocks of one language in a Markdown text."""
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_a_derived_image_carries_a_custom_processor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guide's derived Dockerfile puts its package where every role imports it."""
+    guide = (PROJECT_ROOT / "DEPLOYMENT.md").read_text()
+    section = guide.split("### Custom processors", 1)[1].split("\n## ", 1)[0]
+    [dockerfile] = fenced_blocks(section, "dockerfile")
+    [source] = fenced_blocks(section, "python")
+    [stage] = dockerfile_stages(dockerfile)
+    assert stage[0].arguments == "n3hub" and "docker build -t n3hub ." in guide
+    [copy] = instructions(stage, "COPY")
+    _, (package, destination) = copy.flags_and_words()
+    assert workdir() in image_environment()["PYTHONPATH"].split(":")
+    assert Path(destination).parent == Path(workdir()) and Path(destination).name == package
+    processor_path = load_config(image_environment(stage))["PROCESSOR"]
+    # The image's /app, here: the derived image's COPY applied to an empty directory.
+    image_root = tmp_path / "app"
+    relative = source.splitlines()[0].removeprefix("# ")
+    assert relative.startswith(f"{package}/"), relative
+    (image_root / package).mkdir(parents=True)
+    (image_root / package / "__init__.py").write_text("")
+    (image_root / relative).write_text(source)
+    monkeypatch.syspath_prepend(str(image_root))
+    processor = load_processor(processor_path)
+    message = ClaimedMessage(id=1, content="hi", attempts=1, created_at=datetime.now(UTC))
+    assert json.loads(json.dumps(processor(message))) == {"shouted": "HI"}
 
 
 # --- the services' own commands, run natively --------------------------------------------
@@ -689,6 +713,7 @@ def native_stack(
     for mount in mounts(project["services"]["web"]):
         if database.startswith(mount.target + "/"):
             swaps[mount.target] = str(tmp_path / mount.source)
+    swaps[workdir()] = str(PROJECT_ROOT)
     metrics_dir = web_env["PROMETHEUS_MULTIPROC_DIR"]
     web_port, metrics_port = free_port(), free_port()
     web = native_service(

@@ -39,7 +39,7 @@ from tests.support.processes import ManagedProcess, RedisServer
 pytestmark = pytest.mark.slow
 
 BURST = {"postgresql": 3000, "sqlite": 600}
-BATCH_SIZE = 10
+CLAIM_SIZE = 10
 HOSTS = {"host-a": 1, "host-b": 2, "host-c": 2}  # hostname: concurrency
 DRAIN_SUCCEEDED = re.compile(r"Task n3hub\.drain_messages\[[0-9a-f-]+\] succeeded in \S+s: (\d+)")
 
@@ -67,7 +67,7 @@ def cluster(
     # A Redis of their own: a worker of another test would take these drain tasks.
     redis = RedisServer(tmp_path / "redis").start()
     env = stack_environment(
-        databases.create(request.param), redis.url, N3HUB_BATCH_SIZE=str(BATCH_SIZE)
+        databases.create(request.param), redis.url, N3HUB_CLAIM_SIZE=str(CLAIM_SIZE)
     )
     app = create_app(load_config(env))
     with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:

@@ -31,7 +31,7 @@ def queue() -> str:
     return f"test-wake-{uuid.uuid4().hex[:12]}"
 
 
-BATCH_SIZE = 3
+CLAIM_SIZE = 3
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def wake_app(databases: DatabaseFactory, redis_server: RedisServer, queue: str) 
         databases.create("sqlite"),
         redis_server.url,
         N3HUB_TASK_QUEUE=queue,
-        N3HUB_BATCH_SIZE=str(BATCH_SIZE),
-        N3HUB_GATHER_SECONDS="0",
+        N3HUB_CLAIM_SIZE=str(CLAIM_SIZE),
+        N3HUB_CLAIM_GATHER_SECONDS="0",
     )
     app = create_app(load_config(env))
     yield app
@@ -100,9 +100,9 @@ def test_a_drain_takes_the_messages_committed_while_it_runs_then_releases_the_ma
 def test_a_full_batch_asks_for_one_helper(wake_app: Flask, broker: Redis, queue: str) -> None:
     drains: DrainRequests = wake_app.extensions["drain_requests"]
     with wake_app.app_context():
-        lifecycle.create_messages([f"message {number}" for number in range(3 * BATCH_SIZE)])
+        lifecycle.create_messages([f"message {number}" for number in range(3 * CLAIM_SIZE)])
         drains.started()
-        assert drain.drain(drains) == 3 * BATCH_SIZE
+        assert drain.drain(drains) == 3 * CLAIM_SIZE
     # Three full batches, one help task: the second and third asked while it still waited.
     assert broker.llen(queue) == 1
 

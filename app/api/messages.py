@@ -99,8 +99,8 @@ def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[di
 
 @bp.post("/batch")
 def create_messages() -> tuple[dict[str, Any], int]:
-    """Store up to ``N3HUB_MAX_BATCH`` messages in one transaction: all of them or none."""
-    contents = batch_contents(json_object(request), current_app.config["MAX_BATCH"])
+    """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none."""
+    contents = batch_contents(json_object(request), current_app.config["MAX_BATCH_MESSAGES"])
     rows = lifecycle.create_messages(contents)
     current_app.extensions["drain_requests"].request_soon()
     return {"messages": [message_out(row) for row in rows]}, 201

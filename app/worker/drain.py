@@ -7,7 +7,7 @@ full batch asks for one more drain so that idle workers join in. Between those,
 a steady flow would make a drain claim again the moment it finished, a few
 messages at a time, each claim and finish a transaction that competes with the
 web's for the write lock; so after a batch of more than one message the next
-claim waits until ``N3HUB_GATHER_SECONDS`` after this one, and the messages
+claim waits until ``N3HUB_CLAIM_GATHER_SECONDS`` after this one, and the messages
 that arrive meanwhile share it. A batch of one means the load is light, and
 waiting would only add latency.
 
@@ -79,10 +79,10 @@ def init_app(app: Flask) -> None:
             base_delay=app.config["RETRY_BASE_DELAY"],
             max_delay=app.config["RETRY_MAX_DELAY"],
         ),
-        batch_size=app.config["BATCH_SIZE"],
+        batch_size=app.config["CLAIM_SIZE"],
         lease_seconds=app.config["LEASE_SECONDS"],
         budget_seconds=app.config["DRAIN_BUDGET"],
-        gather_seconds=app.config["GATHER_SECONDS"],
+        gather_seconds=app.config["CLAIM_GATHER_SECONDS"],
     )
 
 

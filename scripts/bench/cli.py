@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
             many_connections=args.many_connections or None,
             gunicorn=stack.gunicorn,
             celery_concurrency=WORKER_CONCURRENCY,
-            batch_size=app.config["BATCH_SIZE"],
+            claim_size=app.config["CLAIM_SIZE"],
             sqlite_synchronous=app.config["SQLITE_SYNCHRONOUS"],
             profiled=bool(profiler.py_spy),
         )
