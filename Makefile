@@ -25,6 +25,7 @@ venv: $(VENV)/.installed ## Create .venv and install the pinned dependencies
 run: venv ## Run the stack in the foreground: Redis (if none answers), web on :5000, a worker
 	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
 	flask --app app db upgrade
+	flask --app app keys dev
 	if python -m scripts.local_redis check; then honcho start web worker; else honcho start; fi
 
 test: venv lint ## Run the linters and the whole test suite (installs promtool and docker-compose when it can)

@@ -240,6 +240,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("N3HUB_WORKER_METRICS_PORT", "WORKER_METRICS_PORT", Kind.INTEGER, 0,
             "a worker serves its own metrics on this port (0: none; for workers in their own "
             "containers)", minimum=0, maximum=65535),
+    Setting("N3HUB_METRICS_TOKEN", "METRICS_TOKEN", Kind.TEXT, "",
+            "when set, `/metrics` and the worker's metrics port answer only "
+            "`Authorization: Bearer <this token>`; unset, `/metrics` is open in development "
+            "and needs an `admin` API key in production", shown_default="unset"),
+    Setting("N3HUB_METRICS_TOKEN_FILE", "METRICS_TOKEN_FILE", Kind.TEXT, "",
+            "a file holding `N3HUB_METRICS_TOKEN` (a Docker secret), read when that is unset",
+            shown_default="unset"),
+    Setting("N3HUB_KEY_CACHE_SECONDS", "KEY_CACHE_SECONDS", Kind.SECONDS, 5.0,
+            "how long a process remembers an API key lookup, so how soon a revoked key is "
+            "refused everywhere", minimum=0),
     Setting("LOG_LEVEL", "LOG_LEVEL", Kind.CHOICE, "INFO", "root log level",
             choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Setting("LOG_FORMAT", "LOG_FORMAT", Kind.CHOICE,
@@ -284,4 +294,16 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         values[setting.key] = setting.read(env, values)
     values["DEBUG"] = values["DEBUG"] and not _production(values)
     values["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(values["SQLALCHEMY_DATABASE_URI"])
+    if not values["METRICS_TOKEN"] and values["METRICS_TOKEN_FILE"]:
+        values["METRICS_TOKEN"] = _read_secret(
+            "N3HUB_METRICS_TOKEN_FILE", values["METRICS_TOKEN_FILE"]
+        )
     return values
+
+
+def _read_secret(name: str, path: str) -> str:
+    """The content of a secret file, stripped; ConfigError naming ``name`` if unreadable."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"{name}={path!r} cannot be read: {error.strerror}") from None

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app import queries, tallies
+from app.auth.access import Access, requires
 from app.database import read_connection
 from app.lifecycle import utcnow
 from app.models import MessageStatus
@@ -182,6 +183,7 @@ def process_registry(multiprocess_dir: str) -> CollectorRegistry:
 
 
 @bp.get("/metrics")
+@requires(Access.METRICS)
 def get_metrics() -> Response:
     """Prometheus text exposition of every metric."""
     processes = process_registry(current_app.config["PROMETHEUS_MULTIPROC_DIR"])

@@ -1,4 +1,4 @@
-"""Database schema: messages, and the tallies that keep counts cheap to read."""
+"""Database schema: messages, the tallies that keep counts cheap to read, and API keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -97,3 +107,22 @@ class IdempotencyKey(db.Model):
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     message_id: Mapped[int] = mapped_column(BigId, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class ApiKey(db.Model):
+    """A client's API key: only its SHA-256 is stored, with the tenant and scopes it grants."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Comma-separated, e.g. "read,submit".
+    scopes: Mapped[str] = mapped_column(String(64), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The key's first characters, so an operator can tell keys apart in ``keys list``.
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)

@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request, request_started
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from app import create_app
+from app.auth.keys import Scope, create_key
 from app.config import load_config
 from app.database import write_transaction
 from app.extensions import db
@@ -35,6 +37,7 @@ from tests.support.processes import (
 )
 
 DATABASES = ["sqlite", "postgresql"]
+TEST_KEY = "n3hub_tests.api_key"
 
 # Fast clocks so retries, leases and sweeps happen within a test's patience.
 TEST_SETTINGS = {
@@ -146,6 +149,18 @@ def app(stack_env: dict[str, str]) -> Iterator[Flask]:
         db.engine.dispose()
 
 
+@contextmanager
+def flask_dispatches(app: Flask) -> Iterator[list[str]]:
+    """The paths of the requests that Flask's own request handling served meanwhile."""
+    seen: list[str] = []
+
+    def started(sender: Flask, **_: object) -> None:
+        seen.append(request.path)
+
+    with request_started.connected_to(started, app):
+        yield seen
+
+
 def reset_database(app: Flask) -> None:
     """Remove every message and zero the tallies."""
     with app.app_context(), write_transaction() as connection:
@@ -153,10 +168,54 @@ def reset_database(app: Flask) -> None:
         connection.execute(update(Tally).values(value=0))
 
 
+def make_api_key(
+    app: Flask, tenant: str = "default", scopes: frozenset[Scope] = frozenset(Scope)
+) -> str:
+    """A new API key in the app's database (every scope unless told)."""
+    with app.app_context():
+        key, _ = create_key(f"test-{tenant}", tenant, scopes)
+    return key
+
+
+def env_api_key(env: dict[str, str], **options: Any) -> str:
+    """A new API key in the database of a stack started from ``env`` (migrated first)."""
+    app = create_app(load_config(env))
+    try:
+        return make_api_key(app, **options)
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The header that presents ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def app_key(app: Flask) -> str:
+    """A key with every scope on the app's database, made once per app."""
+    if TEST_KEY not in app.extensions:
+        app.extensions[TEST_KEY] = make_api_key(app)
+    return app.extensions[TEST_KEY]
+
+
+@pytest.fixture(scope="session")
+def api_key(app: Flask) -> str:
+    """A key with every scope on the session's database."""
+    return app_key(app)
+
+
+def keyed_client(app: Flask, key: str | None = None) -> FlaskClient:
+    """A test client that presents ``key`` (by default the app's :func:`app_key`) every time."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key or app_key(app)}"
+    return client
+
+
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def client(app: Flask, api_key: str) -> FlaskClient:
     reset_database(app)
-    return app.test_client()
+    return keyed_client(app, api_key)
 
 
 def start_worker(env: dict[str, str], log_dir: Path, **options: Any) -> ManagedProcess:

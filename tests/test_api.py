@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 from app import create_app
 from app.config import load_config
 from app.extensions import db
-from tests.conftest import stack_environment
+from tests.conftest import keyed_client, stack_environment
 from tests.support.metrics import metric_value
 
 STATUSES = ["pending", "processing", "completed", "failed"]
@@ -326,7 +326,7 @@ def test_bad_idempotency_key_is_400(client: FlaskClient, key: str) -> None:
 
 def test_concurrent_requests_with_one_key_create_one_message(client: FlaskClient, app) -> None:
     def submit(_: int) -> tuple[int, int]:
-        with app.test_client() as own:
+        with keyed_client(app) as own:
             response = own.post(
                 "/messages", json={"content": "once"}, headers={"Idempotency-Key": "race"}
             )
@@ -349,7 +349,7 @@ def test_busy_database_is_503_and_writes_nothing(databases, redis_server) -> Non
     url = databases.create("sqlite")
     env = stack_environment(url, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1")
     app = create_app(load_config(env))
-    client = app.test_client()
+    client = keyed_client(app)
     holder = sqlite3.connect(make_url(url).database, isolation_level=None)
     labels = {"method": "POST", "endpoint": "/messages"}
     quick = ("http_request_latency_seconds_bucket", {**labels, "le": "0.05"})
@@ -409,7 +409,7 @@ def test_ingest_survives_postgresql_dropping_its_connections(databases, redis_se
     """The ingest's pooled DB-API connections are checked (pre-ping) before reuse."""
     url = databases.create("postgresql")
     app = create_app(load_config(stack_environment(url, redis_server.url)))
-    client = app.test_client()
+    client = keyed_client(app)
     try:
         assert client.post("/messages", json={"content": "before"}).status_code == 201
         outsider = create_engine(url, poolclass=NullPool)

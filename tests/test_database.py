@@ -18,7 +18,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from app.database import enable_wal, is_transient_error
-from tests.conftest import stack_environment, start_web
+from tests.conftest import bearer, env_api_key, stack_environment, start_web
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer
 
@@ -75,10 +75,14 @@ def test_processes_switching_a_new_file_to_wal_together_all_succeed(tmp_path: Pa
         assert results == ["wal"] * processes_per_round, f"round {round_number}: {results}"
 
 
-def _http(port: int, path: str, body: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def _http(
+    port: int, key: str, path: str, body: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
     request = Request(
-        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        headers={"Content-Type": "application/json", **bearer(key)},
     )
     with urlopen(request, timeout=10) as response:
         return response.status, json.load(response)
@@ -97,6 +101,7 @@ def test_a_web_process_answers_while_its_write_waits_for_another_process(
     """Under gevent, one request waiting for SQLite's write lock must not stop the others."""
     database = tmp_path / "messages.db"
     env = stack_environment(f"sqlite:///{database}", redis_server.url)
+    key = env_api_key(env)
     web, port = start_web(env, tmp_path, workers=1)
     waiters_before = _lock_waiters()
     # This test process plays another writer: it holds the host's writer lock.
@@ -104,9 +109,9 @@ def test_a_web_process_answers_while_its_write_waits_for_another_process(
     try:
         fcntl.lockf(descriptor, fcntl.LOCK_EX)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            post = pool.submit(_http, port, "/messages", {"content": "waits for the lock"})
+            post = pool.submit(_http, port, key, "/messages", {"content": "waits for the lock"})
             wait_for(lambda: _lock_waiters() > waiters_before, what="the POST to wait for the lock")
-            status, stats = _http(port, "/messages/stats")
+            status, stats = _http(port, key, "/messages/stats")
             assert (status, stats["pending"]) == (200, 0)
             assert not post.done()
             os.close(descriptor)

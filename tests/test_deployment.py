@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 import pytest
@@ -37,7 +38,7 @@ from app.config import PROJECT_ROOT, load_config
 from app.lifecycle import ClaimedMessage
 from app.worker.processors import load_processor
 from scripts.local_redis import redis_answers, redis_server_binary
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, bearer, env_api_key
 from tests.support.polling import wait_for
 from tests.support.processes import ManagedProcess, free_port
 
@@ -51,6 +52,8 @@ PROFILE_SERVICES = {
     "monitoring": {"prometheus", "grafana", "flower"},
 }
 POSTGRES_OVERRIDE = "docker-compose.postgres.yaml"
+METRICS_TOKEN_SECRET = "/run/secrets/metrics_token"
+METRICS_TOKEN = "native-stack-metrics-token"
 # Environment a developer's shell may hold that would leak into the "container".
 HOST_ONLY_VARIABLES = ("N3HUB_", "CELERY_", "FLASK_", "PROMETHEUS_", "GUNICORN_", "LOG_")
 HOST_ONLY_NAMES = {"DATABASE_URL", "HOST", "PORT", "WEB_CONCURRENCY", "PYTHONPATH"}
@@ -397,6 +400,15 @@ def test_prometheus_scrapes_the_web_and_the_worker_metrics_port(compose: dict) -
     assert {f"web:{web_port}", f"worker:{worker_port}"} <= targets
     rule_files = [Path("/etc/prometheus") / name for name in config.get("rule_files", [])]
     assert Path("/etc/prometheus/alerts.yaml") in rule_files
+    # One secret holds the metrics token: the app reads it, Prometheus presents it.
+    services = compose["services"]
+    assert compose["secrets"]["metrics_token"] == {"file": "./secrets/metrics-token"}
+    for name in ("web", "worker", "prometheus"):
+        assert services[name]["secrets"] == ["metrics_token"], name
+    for name in ("web", "worker"):
+        assert services[name]["environment"]["N3HUB_METRICS_TOKEN_FILE"] == METRICS_TOKEN_SECRET
+    for job in config["scrape_configs"]:
+        assert job["authorization"]["credentials_file"] == METRICS_TOKEN_SECRET
 
 
 def datasource_references(node: Any) -> Iterator[Any]:
@@ -637,10 +649,13 @@ def native_service(
     return NativeService(name, argv, env, check)
 
 
-def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    """Status and JSON body of a GET, or of a POST when ``body`` is given."""
+def http_json(
+    url: str, body: dict[str, Any] | None = None, key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a GET, or of a POST when ``body`` is given; ``key`` as bearer."""
     data = json.dumps(body).encode() if body is not None else None
-    request = Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **(bearer(key) if key else {})}
+    request = Request(url, data=data, headers=headers)
     with urlopen(request, timeout=10) as response:
         return response.status, json.loads(response.read())
 
@@ -707,7 +722,9 @@ def native_stack(
         # test server's, with a database of this test's own.
         overrides["DATABASE_URL"] = databases.create("postgresql")
     redis, redis_url = start_compose_redis(project, tmp_path / "redis-data")
-    swaps = {"redis://redis:6379": redis_url}
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(f"{METRICS_TOKEN}\n")
+    swaps = {"redis://redis:6379": redis_url, METRICS_TOKEN_SECRET: str(token_file)}
     web_env = project["services"]["web"]["environment"]
     database = make_url(web_env["DATABASE_URL"]).database or ""
     for mount in mounts(project["services"]["web"]):
@@ -767,21 +784,29 @@ def test_default_services_run_their_commands_and_process_a_message(
         200,
         {"status": "ok", "checks": {"database": "ok", "broker": "ok"}},
     )
-    status, created = http_json(f"{base}/messages", {"content": "Hello from the container"})
+    key = env_api_key(native_stack.web.env)
+    message = {"content": "Hello from the container"}
+    status, created = http_json(f"{base}/messages", message, key)
     assert (status, created["status"]) == (201, "pending")
 
     def completed() -> dict[str, Any] | None:
-        _, body = http_json(f"{base}/messages/{created['id']}")
+        _, body = http_json(f"{base}/messages/{created['id']}", key=key)
         return body if body["status"] == "completed" else None
 
     message = wait_for(completed, timeout=30, what="the worker to complete the message")
     assert message["attempts"] == 1
     assert message["result"]["words"] == 4
     worker_metrics = f"http://127.0.0.1:{native_stack.worker_metrics_port}/metrics"
-    with urlopen(worker_metrics, timeout=5) as response:
-        assert b"n3hub_processing_duration_seconds_count" in response.read()
-    with urlopen(f"{base}/metrics", timeout=5) as response:
-        assert b'messages_processed_total{status="completed"} 1.0' in response.read()
+    for url, expected in [
+        (worker_metrics, b"n3hub_processing_duration_seconds_count"),
+        (f"{base}/metrics", b'messages_processed_total{status="completed"} 1.0'),
+    ]:
+        with pytest.raises(HTTPError) as refused:
+            urlopen(Request(url, headers=bearer(key)), timeout=5)  # an API key is not the token
+        refused.value.close()
+        assert refused.value.code == 401
+        with urlopen(Request(url, headers=bearer(METRICS_TOKEN)), timeout=5) as response:
+            assert expected in response.read()
 
     # `docker stop` signals PID 1 only: the exec'd Gunicorn and Celery must exit cleanly.
     for process in (web, worker):

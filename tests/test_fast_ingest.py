@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 import pytest
-from flask import Flask, request, request_started
+from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import stack_environment, start_web
+from tests.conftest import bearer, env_api_key, flask_dispatches, stack_environment, start_web
 from tests.support.metrics import metric_value
 from tests.support.processes import RedisServer
 
 VARYING_FIELDS = {"id", "created_at", "updated_at"}
-
-
-@contextmanager
-def flask_dispatches(app: Flask) -> Iterator[list[str]]:
-    """The paths of the requests that Flask's own request handling served meanwhile."""
-    seen: list[str] = []
-
-    def started(sender: Flask, **_: object) -> None:
-        seen.append(request.path)
-
-    with request_started.connected_to(started, app):
-        yield seen
 
 
 def test_plain_post_is_answered_below_flask_exactly_as_flask_answers(
@@ -108,11 +94,11 @@ def test_other_requests_reach_flask_with_their_body(
         assert response.get_json()["content"] == "kept"
 
 
-def _post(port: int, body: bytes, **headers: str) -> tuple[int, dict, dict]:
+def _post(port: int, key: str, body: bytes, **headers: str) -> tuple[int, dict, dict]:
     request = Request(
         f"http://127.0.0.1:{port}/messages",
         data=body,
-        headers={"Content-Type": "application/json", **headers},
+        headers={"Content-Type": "application/json", **bearer(key), **headers},
     )
     try:
         with urlopen(request, timeout=10) as response:
@@ -126,16 +112,19 @@ def test_served_by_gunicorn_the_fast_path_and_its_fallbacks_answer(
 ) -> None:
     """Under Gunicorn's gevent worker, where the body comes from Gunicorn's own reader."""
     env = stack_environment(f"sqlite:///{tmp_path / 'messages.db'}", redis_server.url)
+    key = env_api_key(env)
     web, port = start_web(env, tmp_path, workers=1)
     try:
-        status, headers, created = _post(port, b'{"content": "served"}', **{"X-Request-ID": "s-1"})
+        status, headers, created = _post(
+            port, key, b'{"content": "served"}', **{"X-Request-ID": "s-1"}
+        )
         assert (status, headers["X-Request-ID"]) == (201, "s-1")
         assert headers["Location"] == f"/messages/{created['id']}"
-        status, _, error = _post(port, b'{"content": ""}')
+        status, _, error = _post(port, key, b'{"content": ""}')
         assert (status, error["error"]["code"]) == (400, "validation_error")
         keyed = {"Idempotency-Key": "served-key"}
-        first = _post(port, b'{"content": "once"}', **keyed)
-        again = _post(port, b'{"content": "once"}', **keyed)
+        first = _post(port, key, b'{"content": "once"}', **keyed)
+        again = _post(port, key, b'{"content": "once"}', **keyed)
         assert (first[0], again[0], again[2]["id"]) == (201, 200, first[2]["id"])
     finally:
         web.stop()

@@ -22,7 +22,15 @@ from app import create_app, tallies
 from app.config import load_config
 from app.database import read_connection
 from app.extensions import db
-from tests.conftest import DatabaseFactory, stack_environment, start_web, start_worker
+from tests.conftest import (
+    DatabaseFactory,
+    app_key,
+    bearer,
+    keyed_client,
+    stack_environment,
+    start_web,
+    start_worker,
+)
 from tests.support.polling import wait_for
 from tests.support.processes import ManagedProcess, RedisServer
 
@@ -43,7 +51,7 @@ class FaultStack:
 
     @property
     def client(self) -> FlaskClient:
-        return self.app.test_client()
+        return keyed_client(self.app)
 
     def start_worker(self, hostname: str = "w1", concurrency: int = 2) -> ManagedProcess:
         worker = start_worker(self.env, self.log_dir, hostname=hostname, concurrency=concurrency)
@@ -185,11 +193,11 @@ def test_sigterm_lets_a_worker_finish_its_in_flight_message(stack: FaultStack) -
     assert body["attempts"] == 1
 
 
-def http_post(port: int, content: str) -> int:
+def http_post(port: int, key: str, content: str) -> int:
     request = Request(
         f"http://127.0.0.1:{port}/messages",
         data=f'{{"content": "{content}"}}'.encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **bearer(key)},
     )
     with urlopen(request, timeout=30) as response:
         return response.status
@@ -202,7 +210,8 @@ def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -
     stack.start_worker("w2")
     count = 1000
     with ThreadPoolExecutor(max_workers=24) as pool:
-        statuses = list(pool.map(lambda i: http_post(port, f"writer {i}"), range(count)))
+        key = app_key(stack.app)
+        statuses = list(pool.map(lambda i: http_post(port, key, f"writer {i}"), range(count)))
     assert statuses == [201] * count
     stats = stack.wait_all_completed(count)
     assert stats["completed"] == count
@@ -216,6 +225,7 @@ def test_sigterm_lets_the_web_finish_an_in_flight_request(stack: FaultStack) -> 
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(
             b"POST /messages HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {app_key(stack.app)}\r\n".encode()
             + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n".encode()
             + b"Connection: close\r\n\r\n"
         )

@@ -143,6 +143,12 @@ def test_prometheus_config_is_valid(tmp_path: Path) -> None:
     assert jobs["web"]["static_configs"] == [{"targets": ["web:5000"]}]
     assert jobs["worker"]["static_configs"] == [{"targets": ["worker:9808"]}]
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs.values())
+    # Both endpoints answer only the metrics token, the compose secret mounted here.
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text("a-token\n")
+    for job in jobs.values():
+        assert job["authorization"] == {"credentials_file": "/run/secrets/metrics_token"}
+        job["authorization"]["credentials_file"] = str(token_file)
     # The rules are mounted beside the config in the container; lay them out so here too.
     rule_files = []
     for mounted in config["rule_files"]:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask.testing import FlaskClient
 
+from tests.conftest import keyed_client
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -93,7 +94,7 @@ def test_concurrent_burst_completes_and_stats_add_up(client: FlaskClient, app) -
     count = 400
 
     def submit(i: int) -> tuple[int, int]:
-        with app.test_client() as own:
+        with keyed_client(app) as own:
             response = own.post("/messages", json={"content": f"burst {i}"})
             return response.status_code, response.get_json()["id"]
 

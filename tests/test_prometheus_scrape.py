@@ -30,7 +30,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from app.config import load_config
 from app.extensions import db
-from tests.conftest import DatabaseFactory, stack_environment, start_web, start_worker
+from tests.conftest import (
+    DatabaseFactory,
+    bearer,
+    make_api_key,
+    stack_environment,
+    start_web,
+    start_worker,
+)
 from tests.support.polling import wait_for
 from tests.support.processes import ManagedProcess, RedisServer, free_port
 from tests.test_monitoring_config import (
@@ -40,6 +47,7 @@ from tests.test_monitoring_config import (
     require_binary,
 )
 
+METRICS_TOKEN = "scrape-token"
 Samples = list[tuple[str, dict[str, str], float]]
 
 
@@ -50,11 +58,15 @@ class MonitoredStack:
     web_url: str
     prometheus_url: str
     metrics_dir: Path
+    api_key: str
+    metrics_token: str
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One HTTP request to the web, on a connection of its own; (status, JSON body)."""
         data = None if body is None else json.dumps(body).encode()
-        request = Request(self.web_url + path, data=data, method=method)
+        request = Request(
+            self.web_url + path, data=data, method=method, headers=bearer(self.api_key)
+        )
         request.add_header("Content-Type", "application/json")
         try:
             with urlopen(request, timeout=30) as response:
@@ -64,7 +76,8 @@ class MonitoredStack:
 
     def scrape(self) -> Samples:
         """Every sample of the web's ``/metrics`` right now."""
-        with urlopen(self.web_url + "/metrics", timeout=30) as response:
+        request = Request(self.web_url + "/metrics", headers=bearer(self.metrics_token))
+        with urlopen(request, timeout=30) as response:
             text = response.read().decode()
         return [
             (sample.name, sample.labels, sample.value)
@@ -126,13 +139,17 @@ def processes_serving_http(metrics_dir: Path) -> int:
     return serving
 
 
-def prometheus_config(web_port: int) -> dict[str, Any]:
-    """docker/prometheus.yaml aimed at the local web, scraping every second, with the rules."""
+def prometheus_config(web_port: int, token_file: Path) -> dict[str, Any]:
+    """docker/prometheus.yaml aimed at the local web, scraping every second, with the rules.
+
+    The metrics token is read from ``token_file`` instead of the compose secret.
+    """
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(ALERTS)]
     [web] = [job for job in config["scrape_configs"] if job["job_name"] == "web"]
     web["static_configs"] = [{"targets": [f"127.0.0.1:{web_port}"]}]
+    web["authorization"]["credentials_file"] = str(token_file)
     config["scrape_configs"] = [web]
     return config
 
@@ -164,11 +181,17 @@ def stack(
     directory = tmp_path_factory.mktemp("monitored")
     metrics_dir = directory / "metrics"
     metrics_dir.mkdir()
+    token_file = directory / "metrics-token"
+    token_file.write_text(f"{METRICS_TOKEN}\n")
     redis = RedisServer(directory / "redis").start()
     env = stack_environment(
-        databases.create("sqlite"), redis.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+        databases.create("sqlite"),
+        redis.url,
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        N3HUB_METRICS_TOKEN_FILE=str(token_file),
     )
     app = create_app(load_config(env))  # migrates the database before any process starts
+    api_key = make_api_key(app)
     with app.app_context():
         db.engine.dispose()
     processes: list[ManagedProcess] = [redis]
@@ -176,10 +199,12 @@ def stack(
         web, web_port = start_web(env, directory, workers=4)
         processes.append(web)
         processes.append(start_worker(env, directory, hostname="monitored"))
-        prometheus, prometheus_url = start_prometheus(prometheus_config(web_port), directory)
+        prometheus, prometheus_url = start_prometheus(
+            prometheus_config(web_port, token_file), directory
+        )
         processes.append(prometheus)
         web_url = f"http://127.0.0.1:{web_port}"
-        yield MonitoredStack(web_url, prometheus_url, metrics_dir)
+        yield MonitoredStack(web_url, prometheus_url, metrics_dir, api_key, METRICS_TOKEN)
     finally:
         for process in reversed(processes):
             process.stop()

@@ -25,7 +25,7 @@ from kombu.utils.url import parse_url
 from app import create_app
 from app.config import load_config
 from app.extensions import db
-from tests.conftest import stack_environment, start_worker
+from tests.conftest import keyed_client, stack_environment, start_worker
 from tests.support.polling import wait_for
 
 AMQP_URL = os.environ.get("N3HUB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -69,7 +69,7 @@ def rabbit_app(fresh_database_url: str, tmp_path: Path) -> Iterator[Flask]:
 
 
 def test_messages_complete_and_retry_over_rabbitmq(rabbit_app: Flask) -> None:
-    client = rabbit_app.test_client()
+    client = keyed_client(rabbit_app)
     assert rabbit_app.extensions["drain_requests"].queue_length() is None  # no Redis marker
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.get_json()

@@ -32,7 +32,13 @@ from app import create_app, tallies
 from app.config import load_config
 from app.database import read_connection
 from app.extensions import db
-from tests.conftest import DatabaseFactory, database_scalar, stack_environment, start_worker
+from tests.conftest import (
+    DatabaseFactory,
+    database_scalar,
+    keyed_client,
+    stack_environment,
+    start_worker,
+)
 from tests.support.polling import wait_for
 from tests.support.processes import ManagedProcess, RedisServer
 
@@ -88,7 +94,7 @@ def create_burst(app: Flask, count: int) -> list[int]:
     """POST ``count`` messages from 16 client threads; return their ids."""
 
     def post(index: int) -> int:
-        response = app.test_client().post("/messages", json={"content": f"burst {index}"})
+        response = keyed_client(app).post("/messages", json={"content": f"burst {index}"})
         assert response.status_code == 201, response.get_json()
         return response.get_json()["id"]
 
@@ -98,7 +104,7 @@ def create_burst(app: Flask, count: int) -> list[int]:
 
 def test_three_workers_complete_a_burst_exactly_once_and_share_it(cluster: Cluster) -> None:
     count = cluster.burst
-    client = cluster.app.test_client()
+    client = keyed_client(cluster.app)
     assert len(set(create_burst(cluster.app, count))) == count
 
     def settled() -> dict[str, int] | None:

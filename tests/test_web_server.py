@@ -12,7 +12,7 @@ import pytest
 
 from app import logs
 from app.config import PROJECT_ROOT, load_config
-from tests.conftest import stack_environment, start_web
+from tests.conftest import bearer, env_api_key, stack_environment, start_web
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer
 
@@ -82,12 +82,13 @@ def test_every_line_of_the_web_is_json_in_production(
     env = stack_environment(
         f"sqlite:///{tmp_path / 'messages.db'}", redis_server.url, FLASK_ENV="production"
     )
+    key = env_api_key(env)
     web, port = start_web(env, tmp_path, workers=1)
     try:
         request = Request(
             f"http://127.0.0.1:{port}/messages",
             data=b'{"content": "logged"}',
-            headers={"Content-Type": "application/json", "X-Request-ID": "trace-42"},
+            headers={"Content-Type": "application/json", "X-Request-ID": "trace-42", **bearer(key)},
         )
         with urlopen(request, timeout=10) as response:
             assert response.status == 201

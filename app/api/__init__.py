@@ -1,13 +1,14 @@
-"""The HTTP API: message endpoints, health probes and the JSON error envelope."""
+"""The HTTP API: message endpoints, health probes, the JSON error envelope and the guard."""
 
 from flask import Flask
 
-from app.api import errors, fast_ingest, health, messages
+from app.api import errors, fast_ingest, guard, health, messages
 
 
 def init_app(app: Flask) -> None:
-    """Register the API's blueprints, error handlers and the fast path of ``POST /messages``."""
+    """Register the API's blueprints, error handlers, the fast path and the guard before both."""
     errors.init_app(app)
     app.register_blueprint(messages.bp)
     app.register_blueprint(health.bp)
     fast_ingest.init_app(app)
+    guard.init_app(app)

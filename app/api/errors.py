@@ -30,12 +30,20 @@ HTTP_ERROR_CODES = {
 class APIError(Exception):
     """An error answered to the client with its own status and code."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
     def to_dict(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -56,7 +64,7 @@ def error_response(error: APIError, headers: Any = None) -> tuple[Response, int,
 
 
 def handle_api_error(error: APIError) -> tuple[Response, int, Any]:
-    return error_response(error)
+    return error_response(error, error.headers)
 
 
 def handle_http_exception(error: HTTPException) -> tuple[Response, int, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 from flask import Flask
 
 from app.api.errors import APIError
+from app.api.guard import PRINCIPAL_ENVIRON
 from app.api.messages import location, message_out
 from app.api.payloads import (
     IDEMPOTENCY_HEADER,
@@ -100,6 +101,7 @@ class FastIngest:
             and environ.get("PATH_INFO") == self._path
             and environ.get("CONTENT_TYPE") == JSON_MIMETYPE
             and _IDEMPOTENCY_KEY not in environ
+            and PRINCIPAL_ENVIRON in environ  # admitted by the guard in front
             and environ.get("SCRIPT_NAME", "").isascii()
             and length.isascii()
             and length.isdigit()

@@ -7,12 +7,14 @@ from typing import Any
 from flask import Blueprint, current_app
 from sqlalchemy import text
 
+from app.auth.access import Access, requires
 from app.database import read_connection
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@requires(Access.PUBLIC)
 def get_liveness() -> dict[str, str]:
     """The process answers; checks nothing else."""
     return {"status": "ok"}
@@ -40,6 +42,7 @@ def _broker_ok() -> bool:
 
 
 @bp.get("/readyz")
+@requires(Access.PUBLIC)
 def get_readiness() -> tuple[dict[str, Any], int]:
     """Ready when the database and the broker answer; 503 naming what is down otherwise."""
     checks = {"database": _database_ok(), "broker": _broker_ok()}

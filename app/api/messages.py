@@ -19,6 +19,8 @@ from app.api.payloads import (
     positive_int,
     status_filter,
 )
+from app.auth.access import requires
+from app.auth.keys import Scope
 from app.lifecycle import IdempotencyKeyReused, IdempotentRequest
 from app.models import MessageStatus
 
@@ -63,6 +65,7 @@ def _existing(message_id: int) -> dict[str, Any]:
 
 
 @bp.post("")
+@requires(Scope.SUBMIT)
 def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store a message; it is committed before this answers, then queued for processing.
 
@@ -98,6 +101,7 @@ def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[di
 
 
 @bp.post("/batch")
+@requires(Scope.SUBMIT)
 def create_messages() -> tuple[dict[str, Any], int]:
     """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none."""
     contents = batch_contents(json_object(request), current_app.config["MAX_BATCH_MESSAGES"])
@@ -107,6 +111,7 @@ def create_messages() -> tuple[dict[str, Any], int]:
 
 
 @bp.get("")
+@requires(Scope.READ)
 def list_messages() -> dict[str, Any]:
     """Messages newest first, one page at a time; ``?status=`` filters."""
     config = current_app.config
@@ -121,18 +126,21 @@ def list_messages() -> dict[str, Any]:
 
 
 @bp.get("/stats")
+@requires(Scope.READ)
 def get_stats() -> dict[str, int]:
     """Counts by status; ``total`` is their sum."""
     return queries.message_stats()
 
 
 @bp.get("/<int:message_id>")
+@requires(Scope.READ)
 def get_message(message_id: int) -> dict[str, Any]:
     """One message with its processing facts."""
     return message_out(_existing(message_id))
 
 
 @bp.post("/<int:message_id>/retry")
+@requires(Scope.ADMIN)
 def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
     """Put a failed message back to pending; 409 for any other status."""
     current = _existing(message_id)

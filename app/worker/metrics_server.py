@@ -6,18 +6,27 @@ that directory, and the files of a pool process that exits are marked dead. When
 directory's sum on that port (once per worker, never per pool process): that is
 how a worker in its own container is scraped. On one host the web's
 ``/metrics`` already includes these files, so leave the port unset there.
+With ``N3HUB_METRICS_TOKEN`` set, the port answers only that bearer token, as
+the web's ``/metrics`` does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from celery import bootsteps
 from celery.signals import worker_process_shutdown
 from celery.worker import WorkController
-from prometheus_client import multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
+from app.auth.principals import challenge, presents_token
 from app.metrics import process_registry
 
 log = logging.getLogger(__name__)
@@ -27,6 +36,40 @@ log = logging.getLogger(__name__)
 def _mark_pool_process_dead(pid: int | None = None, **_: object) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def metrics_app(registry: CollectorRegistry, token: str) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app of the worker's metrics: the exposition, behind ``token`` when set."""
+    exposition = make_wsgi_app(registry)
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not token or presents_token(environ.get("HTTP_AUTHORIZATION"), token):
+            return exposition(environ, start_response)
+        message = "Metrics need 'Authorization: Bearer <metrics token>'."
+        body = json.dumps({"error": {"code": "unauthorized", "message": message}}).encode()
+        headers = [("Content-Type", "application/json"), *challenge(invalid=True).items()]
+        start_response("401 Unauthorized", headers)
+        return [body]
+
+    return guarded
+
+
+def serve_metrics(port: int, registry: CollectorRegistry, token: str) -> ThreadingWSGIServer:
+    """Serve the worker's metrics on ``port`` from a daemon thread."""
+    server = make_server(
+        "0.0.0.0",  # nosec B104: a container's port, scraped over the container network
+        port,
+        metrics_app(registry, token),
+        ThreadingWSGIServer,
+        handler_class=_QuietHandler,
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 class MetricsServerStep(bootsteps.StartStopStep):
@@ -42,5 +85,6 @@ class MetricsServerStep(bootsteps.StartStopStep):
         if not config["PROMETHEUS_MULTIPROC_DIR"]:
             log.warning("N3HUB_WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR; not serving")
             return
-        start_http_server(port, registry=process_registry(config["PROMETHEUS_MULTIPROC_DIR"]))
+        registry = process_registry(config["PROMETHEUS_MULTIPROC_DIR"])
+        serve_metrics(port, registry, config["METRICS_TOKEN"])
         log.info("worker metrics served on port %d", port)

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# The bench's API key, as the header every request carries (set by the stack once it has one).
+AUTH_HEADERS: dict[str, str] = {}
+
+
+def use_api_key(key: str) -> None:
+    """Send ``key`` as the bearer of every request from now on (wrk's included)."""
+    AUTH_HEADERS["Authorization"] = f"Bearer {key}"
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class Client:
     def request(self, method: str, path: str, payload: Any = None) -> Reply:
         """Send one request and read the whole answer."""
         body = json.dumps(payload).encode() if payload is not None else None
-        headers = JSON_HEADERS if body is not None else {}
+        headers = {**AUTH_HEADERS, **(JSON_HEADERS if body is not None else {})}
         # A GET may be resent once on a fresh connection: the server may have closed an idle one.
         tries = 2 if method == "GET" and self._connection is not None else 1
         for attempt in range(tries):

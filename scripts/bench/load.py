@@ -24,7 +24,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from scripts.bench.client import Client
+from scripts.bench.client import AUTH_HEADERS, Client
 from scripts.bench.report import percentile
 
 POST_MESSAGES_LUA = """\
@@ -34,7 +34,9 @@ request = function()
   counter = counter + 1
   local body = '{"content": "benchmark message ' .. counter ..
     ': the quick brown fox jumps over the lazy dog"}'
-  return wrk.format("POST", "/messages", {["Content-Type"] = "application/json"}, body)
+  local headers = {["Content-Type"] = "application/json",
+                   ["Authorization"] = wrk.headers["Authorization"]}
+  return wrk.format("POST", "/messages", headers, body)
 end
 """
 POST_BATCHES_LUA = """\
@@ -48,7 +50,9 @@ request = function()
       ': the quick brown fox jumps over the lazy dog"}'
   end
   local body = '{"messages": [' .. table.concat(items, ", ") .. ']}'
-  return wrk.format("POST", "/messages/batch", {["Content-Type"] = "application/json"}, body)
+  local headers = {["Content-Type"] = "application/json",
+                   ["Authorization"] = wrk.headers["Authorization"]}
+  return wrk.format("POST", "/messages/batch", headers, body)
 end
 """
 _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -135,6 +139,8 @@ def run_wrk(
     argv += [f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s"]
     if script is not None:
         argv += ["-s", str(script)]
+    for name, value in AUTH_HEADERS.items():
+        argv += ["-H", f"{name}: {value}"]
     completed = subprocess.run(
         [*argv, url], check=True, capture_output=True, text=True, timeout=duration + 60
     )

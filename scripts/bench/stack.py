@@ -24,8 +24,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from app import create_app
+from app.auth.keys import Scope, create_key
 from app.config import PROJECT_ROOT, load_config, normalise_database_url
 from app.extensions import db
+from scripts.bench.client import use_api_key
 from tests.support.polling import wait_for
 from tests.support.processes import (
     ManagedProcess,
@@ -187,6 +189,8 @@ class Stack:
         app = create_app({**load_config(env), "LOG_LEVEL": "WARNING"})
         self._exit.callback(self._dispose, app)
         self.app = app
+        with app.app_context():
+            use_api_key(create_key("bench", "bench", frozenset(Scope))[0])
         return app
 
     @staticmethod
