@@ -28,8 +28,7 @@ run: venv ## Run the stack in the foreground: Redis (if none answers), web on :5
 	flask --app app keys dev
 	if python -m scripts.local_redis check; then honcho start web worker; else honcho start; fi
 
-test: venv lint ## Run the linters and the whole test suite (installs promtool and docker-compose when it can)
-	bash scripts/ensure_test_tools.sh
+test: venv lint ## Run the linters and the whole test suite (in a random order; the seed is printed)
 	pytest $(PYTEST_ARGS)
 
 lint: venv ## Check style with ruff

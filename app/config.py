@@ -207,6 +207,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("N3HUB_COMMIT_GATHER_SECONDS", "COMMIT_GATHER_SECONDS", Kind.SECONDS, 0.001,
             "after a commit shared by several `POST /messages` of one web process, the shortest "
             "time before it starts the next (0: at once)", minimum=0),
+    Setting("N3HUB_FAST_PATH", "FAST_PATH", Kind.FLAG, True,
+            "`1`: the plain `POST /messages` is answered by the WSGI fast path; `0`: every "
+            "request goes through Flask"),
     Setting("N3HUB_PAGE_SIZE", "PAGE_SIZE", Kind.INTEGER, 50,
             "page size of `GET /messages` without `?limit=`", minimum=1),
     Setting("N3HUB_MAX_PAGE_SIZE", "MAX_PAGE_SIZE", Kind.INTEGER, 200,

@@ -1,8 +1,13 @@
 """Shared fixtures: a real Redis, a real database (SQLite and PostgreSQL), real workers.
 
-PostgreSQL runs when ``N3HUB_TEST_POSTGRES_URL`` is set; each test session gets a
-fresh database on that server. With ``N3HUB_REQUIRE_POSTGRES=1`` (CI) a missing
+PostgreSQL runs when ``N3HUB_TEST_POSTGRES_URL`` is set; each test session gets
+fresh databases on that server. With ``N3HUB_REQUIRE_POSTGRES=1`` (CI) a missing
 PostgreSQL fails the run instead of skipping.
+
+``app`` and ``client`` sit on a database that no worker consumes, so what a test
+creates stays as it left it; ``app`` is built with the WSGI fast path on and off.
+Tests of processing use ``worker_app`` and the session ``worker`` on a database
+of their own.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from app.auth.keys import Scope, create_key
 from app.config import load_config
 from app.database import write_transaction
 from app.extensions import db
-from app.models import Message, Tally
+from app.models import IdempotencyKey, Message, Tally
 from tests.support.polling import wait_for
 from tests.support.processes import (
     ManagedProcess,
@@ -35,8 +40,13 @@ from tests.support.processes import (
     free_port,
     gunicorn_web,
 )
+from tests.support.required import require
 
-DATABASES = ["sqlite", "postgresql"]
+POSTGRES_WANTED = bool(os.environ.get("N3HUB_TEST_POSTGRES_URL")) or (
+    os.environ.get("N3HUB_REQUIRE_POSTGRES") == "1"
+)
+# The databases the shared fixtures run on: PostgreSQL only when given (or required).
+DATABASES = ["sqlite", "postgresql"] if POSTGRES_WANTED else ["sqlite"]
 TEST_KEY = "n3hub_tests.api_key"
 
 # Fast clocks so retries, leases and sweeps happen within a test's patience.
@@ -52,6 +62,24 @@ TEST_SETTINGS = {
 }
 
 
+# The app as Flask alone serves it, and with the fast path of POST /messages in front.
+FAST_PATH_MODES = {"fast_path": "1", "flask_only": "0"}
+
+
+def pytest_report_header() -> list[str]:
+    """Say once which databases the shared fixtures use."""
+    if POSTGRES_WANTED:
+        return ["databases: SQLite and PostgreSQL"]
+    return ["databases: SQLite only (set N3HUB_TEST_POSTGRES_URL to add PostgreSQL)"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session() -> Iterator[None]:
+    """Stop any process a fixture started but could not stop (its set-up failed or skipped)."""
+    yield
+    ManagedProcess.stop_all_running()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
@@ -59,14 +87,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-def _postgres_base_url() -> str | None:
-    url = os.environ.get("N3HUB_TEST_POSTGRES_URL")
-    if url:
-        return url
-    if os.environ.get("N3HUB_REQUIRE_POSTGRES") == "1":
-        pytest.fail("N3HUB_REQUIRE_POSTGRES=1 but N3HUB_TEST_POSTGRES_URL is not set")
-    pytest.skip("PostgreSQL tests need N3HUB_TEST_POSTGRES_URL")
-    return None
+def _postgres_base_url() -> str:
+    url = os.environ.get("N3HUB_TEST_POSTGRES_URL", "")
+    require(
+        bool(url),
+        "N3HUB_REQUIRE_POSTGRES",
+        "PostgreSQL tests need N3HUB_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)",
+    )
+    return url
 
 
 class DatabaseFactory:
@@ -111,7 +139,13 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFact
 
 @pytest.fixture(scope="session", params=DATABASES)
 def database_url(request: pytest.FixtureRequest, databases: DatabaseFactory) -> str:
-    """The session's shared database; the session-wide ``worker`` processes it."""
+    """The session's shared database for API tests; no worker consumes it."""
+    return databases.create(request.param)
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def worker_database_url(request: pytest.FixtureRequest, databases: DatabaseFactory) -> str:
+    """The session's shared database that the session-wide ``worker`` processes."""
     return databases.create(request.param)
 
 
@@ -142,8 +176,13 @@ def stack_env(database_url: str, redis_server: RedisServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def app(stack_env: dict[str, str]) -> Iterator[Flask]:
-    app = create_app(load_config(stack_env))
+def worker_stack_env(worker_database_url: str, redis_server: RedisServer) -> dict[str, str]:
+    return stack_environment(worker_database_url, redis_server.url)
+
+
+def session_app(env: dict[str, str]) -> Iterator[Flask]:
+    """An app on ``env`` for the whole session; its engine is closed at the end."""
+    app = create_app(load_config(env))
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -161,9 +200,22 @@ def flask_dispatches(app: Flask) -> Iterator[list[str]]:
         yield seen
 
 
+@pytest.fixture(scope="session", params=sorted(FAST_PATH_MODES))
+def app(request: pytest.FixtureRequest, stack_env: dict[str, str]) -> Iterator[Flask]:
+    """The app on the API database, with the fast path on and then off."""
+    yield from session_app(stack_env | {"N3HUB_FAST_PATH": FAST_PATH_MODES[request.param]})
+
+
+@pytest.fixture(scope="session")
+def worker_app(worker_stack_env: dict[str, str]) -> Iterator[Flask]:
+    """The app on the database the session's ``worker`` processes."""
+    yield from session_app(worker_stack_env)
+
+
 def reset_database(app: Flask) -> None:
-    """Remove every message and zero the tallies."""
+    """Remove every message and idempotency key, and zero the tallies."""
     with app.app_context(), write_transaction() as connection:
+        connection.execute(delete(IdempotencyKey))
         connection.execute(delete(Message))
         connection.execute(update(Tally).values(value=0))
 
@@ -214,20 +266,32 @@ def keyed_client(app: Flask, key: str | None = None) -> FlaskClient:
 
 @pytest.fixture
 def client(app: Flask, api_key: str) -> FlaskClient:
+    """A keyed client on an emptied API database: what it creates stays pending."""
     reset_database(app)
     return keyed_client(app, api_key)
+
+
+@pytest.fixture
+def worker_client(worker_app: Flask, worker: ManagedProcess) -> FlaskClient:
+    """A client on an emptied database that the session's worker processes."""
+    reset_database(worker_app)
+    return keyed_client(worker_app)
 
 
 def start_worker(env: dict[str, str], log_dir: Path, **options: Any) -> ManagedProcess:
     """Start a Celery worker and wait until it reports ready."""
     hostname = options.get("hostname", "w1")
     worker = celery_worker(env, log_dir / f"worker-{hostname}.log", **options).start()
-    wait_for(
-        lambda: "ready." in worker.log_tail(200) or not worker.alive(),
-        timeout=60,
-        what="celery worker to be ready",
-    )
-    assert worker.alive(), worker.log_tail()
+    try:
+        wait_for(
+            lambda: "ready." in worker.log_tail(200) or not worker.alive(),
+            timeout=60,
+            what="celery worker to be ready",
+        )
+        assert worker.alive(), worker.log_tail()
+    except BaseException:
+        worker.stop()
+        raise
     return worker
 
 
@@ -235,15 +299,20 @@ def start_web(env: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[Man
     """Start Gunicorn with the project's config on a free port; wait until it answers."""
     port = free_port()
     web = gunicorn_web(env, log_dir / f"web-{port}.log", port=port, workers=workers).start()
-    web.wait_until_answering(f"http://127.0.0.1:{port}/healthz", "gunicorn to answer")
+    try:
+        web.wait_until_answering(f"http://127.0.0.1:{port}/healthz", "gunicorn to answer")
+    except BaseException:
+        web.stop()
+        raise
     return web, port
 
 
 @pytest.fixture(scope="session")
 def worker(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    worker_app: Flask, worker_stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ManagedProcess]:
-    process = start_worker(stack_env, tmp_path_factory.mktemp("worker"))
+    """A Celery worker for the session, on ``worker_app``'s database (migrated first)."""
+    process = start_worker(worker_stack_env, tmp_path_factory.mktemp("worker"))
     yield process
     process.stop()
 

@@ -41,6 +41,7 @@ from scripts.local_redis import redis_answers, redis_server_binary
 from tests.conftest import DatabaseFactory, bearer, env_api_key
 from tests.support.polling import wait_for
 from tests.support.processes import ManagedProcess, free_port
+from tests.support.required import require_binary
 
 VENV_BIN = Path(sys.executable).parent
 DEFAULT_SERVICES = {"web", "worker", "redis"}
@@ -450,17 +451,14 @@ def test_every_named_volume_is_declared_and_used(compose: dict) -> None:
 
 
 def test_compose_file_is_valid_for_docker_compose() -> None:
-    """``docker-compose config`` validates without an engine.
+    """``docker-compose config`` validates without an engine (Debian's v1 package).
 
-    Skips without Debian's docker-compose (``scripts/ensure_test_tools.sh`` installs
-    it), unless ``N3HUB_REQUIRE_DOCKER_COMPOSE=1`` (CI), which makes that a failure.
+    Skips without it, unless ``N3HUB_REQUIRE_DOCKER_COMPOSE=1`` (CI, where ``.ci/run``
+    installs it), which makes that a failure.
     """
-    docker_compose = shutil.which("docker-compose")
-    if docker_compose is None:
-        message = "docker-compose (v1, from Debian) is not installed"
-        if os.environ.get("N3HUB_REQUIRE_DOCKER_COMPOSE") == "1":
-            pytest.fail(f"N3HUB_REQUIRE_DOCKER_COMPOSE=1 but {message}")
-        pytest.skip(message)
+    docker_compose = require_binary(
+        "docker-compose", "docker-compose", "N3HUB_REQUIRE_DOCKER_COMPOSE"
+    )
     for files in (["docker-compose.yaml"], ["docker-compose.yaml", POSTGRES_OVERRIDE]):
         argv = [docker_compose, *(f"-f{name}" for name in files), "config", "-q"]
         done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
@@ -696,8 +694,12 @@ def start_compose_redis(project: dict[str, Any], data_dir: Path) -> tuple[Manage
     server = ManagedProcess([*argv, "--dir", str(data_dir)], os.environ, data_dir / "redis.log")
     server.start()
     url = f"redis://127.0.0.1:{port}"
-    wait_for(lambda: redis_answers(url) or not server.alive(), timeout=10, what="redis")
-    assert server.alive(), server.log_tail()
+    try:
+        wait_for(lambda: redis_answers(url) or not server.alive(), timeout=10, what="redis")
+        assert server.alive(), server.log_tail()
+    except BaseException:
+        server.stop()
+        raise
     return server, url
 
 
@@ -747,8 +749,10 @@ def native_stack(
     )
     dirs = [tmp_path / "web-metrics", tmp_path / "worker-metrics"]
     stack = NativeStack(redis, redis_url, web, worker, web_port, metrics_port, dirs)
-    yield stack
-    stack.stop()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def wait_healthy(service: NativeService) -> None:

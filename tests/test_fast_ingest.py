@@ -1,4 +1,8 @@
-"""The fast path of ``POST /messages`` answers as the Flask view does, and leaves the rest to it."""
+"""The fast path of ``POST /messages`` answers as the Flask view does, and leaves the rest to it.
+
+The tests here that hold either way run with the fast path on and off (the ``app``
+fixture); the API suite in test_api.py does too.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app import create_app
+from app.api.fast_ingest import APPLIED_HOOKS, FastIngest, request_hooks
+from app.config import load_config
+from app.extensions import db
 from tests.conftest import bearer, env_api_key, flask_dispatches, stack_environment, start_web
 from tests.support.metrics import metric_value
 from tests.support.processes import RedisServer
@@ -18,6 +26,7 @@ from tests.support.processes import RedisServer
 VARYING_FIELDS = {"id", "created_at", "updated_at"}
 
 
+@pytest.mark.parametrize("app", ["fast_path"], indirect=True)
 def test_plain_post_is_answered_below_flask_exactly_as_flask_answers(
     app: Flask, client: FlaskClient
 ) -> None:
@@ -39,6 +48,36 @@ def test_plain_post_is_answered_below_flask_exactly_as_flask_answers(
     with app.app_context():
         assert fast.get_data() == app.json.response(fast_fields).get_data()
     assert client.get(f"/messages/{fast_fields['id']}").get_json() == fast_fields
+
+
+@pytest.mark.parametrize("app", ["flask_only"], indirect=True)
+def test_with_the_fast_path_off_flask_answers_the_plain_post(
+    app: Flask, client: FlaskClient
+) -> None:
+    assert not isinstance(app.wsgi_app, FastIngest)
+    with flask_dispatches(app) as dispatched:
+        response = client.post("/messages", json={"content": "through flask"})
+    assert dispatched == ["/messages"]
+    assert response.status_code == 201
+
+
+def test_the_fast_path_applies_every_request_hook_of_the_app(app: Flask) -> None:
+    """A hook added to the app must be applied by the fast path too, and listed."""
+    assert request_hooks(app) == APPLIED_HOOKS
+
+
+def test_a_request_hook_the_fast_path_does_not_apply_is_seen(stack_env: dict[str, str]) -> None:
+    app = create_app(load_config(stack_env))
+
+    @app.teardown_request
+    def forgotten(_: BaseException | None) -> None:
+        """A hook the fast path knows nothing of."""
+
+    try:
+        assert request_hooks(app) - APPLIED_HOOKS == {f"{__name__}.{forgotten.__qualname__}"}
+    finally:
+        with app.app_context():
+            db.engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -95,18 +95,21 @@ class FaultStack:
 def stack(
     request: pytest.FixtureRequest, databases: DatabaseFactory, tmp_path: Path
 ) -> Iterator[FaultStack]:
+    database_url = databases.create(request.param)  # may skip: before any process starts
     redis = RedisServer(tmp_path / "redis").start()
-    env = stack_environment(
-        databases.create(request.param), redis.url, N3HUB_LEASE_SECONDS=LEASE_SECONDS
-    )
-    app = create_app(load_config(env))
-    fault_stack = FaultStack(redis=redis, env=env, app=app, log_dir=tmp_path)
-    yield fault_stack
-    for process in fault_stack.processes:
-        process.stop()
-    fault_stack.redis.stop()
-    with app.app_context():
-        db.engine.dispose()
+    fault_stack: FaultStack | None = None
+    try:
+        env = stack_environment(database_url, redis.url, N3HUB_LEASE_SECONDS=LEASE_SECONDS)
+        fault_stack = FaultStack(redis, env, create_app(load_config(env)), tmp_path)
+        yield fault_stack
+    finally:
+        if fault_stack is not None:
+            for process in fault_stack.processes:
+                process.stop()
+            fault_stack.redis.stop()
+            with fault_stack.app.app_context():
+                db.engine.dispose()
+        redis.stop()
 
 
 both_databases = pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)

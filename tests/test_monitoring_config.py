@@ -3,26 +3,25 @@
 promtool validates the config and the rules and runs the rules' unit tests; the
 dashboard's and the rules' queries may only name series the service really exposes.
 Tests that need promtool skip without it, unless ``N3HUB_REQUIRE_PROMTOOL=1`` (CI),
-which turns a missing binary into a failure (``scripts/ensure_test_tools.sh`` installs it).
+which turns a missing binary into a failure (``.ci/run`` installs it there).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import PROJECT_ROOT
 from tests.support.polling import wait_for
+from tests.support.required import require_binary
 
 PROMETHEUS_CONFIG = PROJECT_ROOT / "docker" / "prometheus.yaml"
 ALERTS = PROJECT_ROOT / "docker" / "alerts.yaml"
@@ -58,22 +57,15 @@ _TOKEN = re.compile(
 )
 
 
-def require_binary(name: str) -> str:
-    """The path of ``name``; skip the test without it, or fail when CI requires it."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed (scripts/ensure_test_tools.sh installs it)"
-    if os.environ.get("N3HUB_REQUIRE_PROMTOOL") == "1":
-        pytest.fail(f"N3HUB_REQUIRE_PROMTOOL=1 but {message}")
-    pytest.skip(message)
-    return ""
+def require_prometheus_tool(name: str) -> str:
+    """The path of ``name`` (promtool or prometheus), both from Debian's prometheus package."""
+    return require_binary(name, "prometheus", "N3HUB_REQUIRE_PROMTOOL")
 
 
 def promtool(*args: str) -> str:
     """Run promtool; fail the test with its output unless it succeeds."""
     done = subprocess.run(
-        [require_binary("promtool"), *args],
+        [require_prometheus_tool("promtool"), *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -285,8 +277,10 @@ def test_metric_names_are_read_from_promql() -> None:
     assert metric_names(expr) == {"a_bucket", "b_total", "c:recorded", "d"}
 
 
-@pytest.mark.usefixtures("worker")
-def test_dashboard_and_alerts_query_only_series_the_service_exposes(client: FlaskClient) -> None:
+def test_dashboard_and_alerts_query_only_series_the_service_exposes(
+    worker_client: FlaskClient,
+) -> None:
+    client = worker_client
     response = client.post("/messages", json={"content": "measured"})
     assert response.status_code == 201, response.get_json()
     message_id = response.get_json()["id"]

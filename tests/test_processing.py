@@ -6,12 +6,23 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import keyed_client
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.usefixtures("worker")
+
+@pytest.fixture
+def app(worker_app: Flask) -> Flask:
+    """Here the app is the one whose database the session's worker processes."""
+    return worker_app
+
+
+@pytest.fixture
+def client(worker_client: FlaskClient) -> FlaskClient:
+    """Here the client is the one whose messages the session's worker processes."""
+    return worker_client
 
 
 def create(client: FlaskClient, content: str) -> int:

@@ -44,7 +44,7 @@ from tests.test_monitoring_config import (
     ALERTS,
     PROMETHEUS_CONFIG,
     dashboard_queries,
-    require_binary,
+    require_prometheus_tool,
 )
 
 METRICS_TOKEN = "scrape-token"
@@ -156,7 +156,7 @@ def prometheus_config(web_port: int, token_file: Path) -> dict[str, Any]:
 
 def start_prometheus(config: dict[str, Any], directory: Path) -> tuple[ManagedProcess, str]:
     """A Prometheus server on a free port with its data in ``directory``; wait until ready."""
-    binary = require_binary("prometheus")
+    binary = require_prometheus_tool("prometheus")
     config_path = directory / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -177,25 +177,25 @@ def start_prometheus(config: dict[str, Any], directory: Path) -> tuple[ManagedPr
 def stack(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MonitoredStack]:
-    require_binary("prometheus")
+    require_prometheus_tool("prometheus")
     directory = tmp_path_factory.mktemp("monitored")
     metrics_dir = directory / "metrics"
     metrics_dir.mkdir()
     token_file = directory / "metrics-token"
     token_file.write_text(f"{METRICS_TOKEN}\n")
     redis = RedisServer(directory / "redis").start()
-    env = stack_environment(
-        databases.create("sqlite"),
-        redis.url,
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        N3HUB_METRICS_TOKEN_FILE=str(token_file),
-    )
-    app = create_app(load_config(env))  # migrates the database before any process starts
-    api_key = make_api_key(app)
-    with app.app_context():
-        db.engine.dispose()
     processes: list[ManagedProcess] = [redis]
     try:
+        env = stack_environment(
+            databases.create("sqlite"),
+            redis.url,
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+            N3HUB_METRICS_TOKEN_FILE=str(token_file),
+        )
+        app = create_app(load_config(env))  # migrates the database before any process starts
+        api_key = make_api_key(app)
+        with app.app_context():
+            db.engine.dispose()
         web, web_port = start_web(env, directory, workers=4)
         processes.append(web)
         processes.append(start_worker(env, directory, hostname="monitored"))

@@ -27,6 +27,7 @@ from app.config import load_config
 from app.extensions import db
 from tests.conftest import keyed_client, stack_environment, start_worker
 from tests.support.polling import wait_for
+from tests.support.required import require
 
 AMQP_URL = os.environ.get("N3HUB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # Both Celery URLs are replaced below; a Redis URL nobody listens on proves none is used.
@@ -46,10 +47,11 @@ def rabbitmq_answers(url: str) -> bool:
 @pytest.fixture
 def rabbit_app(fresh_database_url: str, tmp_path: Path) -> Iterator[Flask]:
     """An app and a running worker on RabbitMQ, on a database of the test's own."""
-    if not rabbitmq_answers(AMQP_URL):
-        if os.environ.get("N3HUB_REQUIRE_RABBITMQ") == "1":
-            pytest.fail(f"N3HUB_REQUIRE_RABBITMQ=1 but no RabbitMQ answers at {AMQP_URL}")
-        pytest.skip(f"no RabbitMQ answers at {AMQP_URL}")
+    require(
+        rabbitmq_answers(AMQP_URL),
+        "N3HUB_REQUIRE_RABBITMQ",
+        f"no RabbitMQ answers at {AMQP_URL}: start one (Debian's rabbitmq-server) to run this test",
+    )
     queue = f"n3hub-test-{uuid.uuid4().hex[:8]}"
     env = stack_environment(
         fresh_database_url,

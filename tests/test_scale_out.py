@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,24 +70,33 @@ class Cluster:
 def cluster(
     request: pytest.FixtureRequest, databases: DatabaseFactory, tmp_path: Path
 ) -> Iterator[Cluster]:
+    database_url = databases.create(request.param)  # may skip: before any process starts
     # A Redis of their own: a worker of another test would take these drain tasks.
     redis = RedisServer(tmp_path / "redis").start()
-    env = stack_environment(
-        databases.create(request.param), redis.url, N3HUB_CLAIM_SIZE=str(CLAIM_SIZE)
-    )
+    env = stack_environment(database_url, redis.url, N3HUB_CLAIM_SIZE=str(CLAIM_SIZE))
     app = create_app(load_config(env))
     with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
-        started = pool.map(
-            lambda host: start_worker(env, tmp_path, hostname=host, concurrency=HOSTS[host]),
-            HOSTS,
-        )
-        workers = dict(zip(HOSTS, started, strict=True))
-    yield Cluster(app, workers, BURST[request.param])
-    with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
-        list(pool.map(ManagedProcess.stop, workers.values()))
-    redis.stop()
-    with app.app_context():
-        db.engine.dispose()
+        started = [
+            pool.submit(start_worker, env, tmp_path, hostname=host, concurrency=HOSTS[host])
+            for host in HOSTS
+        ]
+    try:
+        workers = dict(zip(HOSTS, [future.result() for future in started], strict=True))
+        yield Cluster(app, workers, BURST[request.param])
+    finally:
+        with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
+            stopping = [pool.submit(stop_started, future) for future in started]
+        for future in stopping:
+            future.result()
+        redis.stop()
+        with app.app_context():
+            db.engine.dispose()
+
+
+def stop_started(start: Future[ManagedProcess]) -> None:
+    """Stop the worker that ``start`` started, if it did."""
+    if start.exception() is None:
+        start.result().stop()
 
 
 def create_burst(app: Flask, count: int) -> list[int]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 from urllib.request import urlopen
 
 from redis import Redis
@@ -36,7 +37,13 @@ def free_port() -> int:
 
 
 class ManagedProcess:
-    """A child process with its output in a log file, stopped on demand."""
+    """A child process with its output in a log file, stopped on demand.
+
+    Every started process is remembered until it is stopped, so that the session's
+    end can stop whatever a failed fixture set-up left running.
+    """
+
+    running: ClassVar[set[ManagedProcess]] = set()
 
     def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.argv = argv
@@ -55,6 +62,7 @@ class ManagedProcess:
             start_new_session=True,
         )
         log.close()
+        ManagedProcess.running.add(self)
         return self
 
     @property
@@ -82,6 +90,7 @@ class ManagedProcess:
                 self.signal_group(signal.SIGKILL)
                 self.process.wait(10)
         self._kill_leftovers()
+        ManagedProcess.running.discard(self)
         return self.process.returncode
 
     def kill(self) -> None:
@@ -89,6 +98,15 @@ class ManagedProcess:
         self.signal_group(signal.SIGKILL)
         if self.process is not None:
             self.process.wait(10)
+        ManagedProcess.running.discard(self)
+
+    @classmethod
+    def stop_all_running(cls) -> list[str]:
+        """Stop every process still running; return their command lines."""
+        leftovers = list(cls.running)
+        for process in leftovers:
+            process.stop(timeout=5)
+        return [" ".join(process.argv) for process in leftovers]
 
     def _kill_leftovers(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -114,7 +132,16 @@ class RedisServer(ManagedProcess):
 
     def start(self) -> RedisServer:
         super().start()
-        wait_for(lambda: redis_answers(self.url), timeout=10, what=f"redis on {self.port}")
+        try:
+            wait_for(
+                lambda: redis_answers(self.url) or not self.alive(),
+                timeout=10,
+                what=f"redis on {self.port}",
+            )
+            assert self.alive(), self.log_tail()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def client(self) -> Redis:
