@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from app import tallies
 from app.cooperative import call_blocking
 from app.extensions import db, migrate
 
@@ -73,10 +74,14 @@ def init_app(app: Flask) -> None:
         _engines.add(engine)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine, app.config)
-        if app.config["AUTO_MIGRATE"]:
-            upgrade_schema()
-        # Leave no pooled connection behind for a process that forks after this.
-        engine.dispose()
+        try:
+            if app.config["AUTO_MIGRATE"]:
+                upgrade_schema()
+            with engine.connect() as connection:
+                tallies.verify(connection)
+        finally:
+            # Leave no pooled connection behind for a process that forks after this.
+            engine.dispose()
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:

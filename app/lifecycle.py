@@ -101,6 +101,14 @@ class IdempotencyKeyReused(Exception):
     """The idempotency key was first used with different content."""
 
 
+class IdempotentMessageGone(Exception):
+    """The idempotency key is known, but the message its first use created no longer exists."""
+
+    def __init__(self, key: str, message_id: int) -> None:
+        super().__init__(key, message_id)
+        self.message_id = message_id
+
+
 @dataclass(frozen=True)
 class IdempotentRequest:
     """A client-chosen key, how long to honour it, and the content it goes with."""
@@ -119,7 +127,8 @@ def create_message(
 
     With an idempotency key seen before (and not expired), nothing is written and
     the first request's message is returned, or :class:`IdempotencyKeyReused`
-    raised if the content differs. Two racing first uses of one key collide on
+    raised if the content differs, or :class:`IdempotentMessageGone` if that
+    message was deleted since. Two racing first uses of one key collide on
     the key's primary key; the loser retries and finds the winner's message.
     """
     for attempt in range(2):
@@ -178,7 +187,9 @@ def _replay(
     message = connection.execute(
         select(*Message.__table__.columns).where(Message.id == seen.message_id)
     ).one_or_none()
-    return message._asdict() if message is not None else None
+    if message is None:
+        raise IdempotentMessageGone(idempotency.key, seen.message_id)
+    return message._asdict()
 
 
 def purge_expired_idempotency_keys(limit: int = 1000) -> int:

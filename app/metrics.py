@@ -193,8 +193,23 @@ def get_metrics() -> Response:
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
+def expose_families_at_zero() -> None:
+    """Create one series of each labelled family, so a scrape shows every family from the start.
+
+    Unlabelled metrics exist as soon as they are declared; a labelled one only
+    once a series is used. The series made here are ones every deployment has:
+    requests for an unknown path, and the message latency of each outcome.
+    """
+    HTTP_REQUESTS.labels("GET", UNMATCHED_ENDPOINT, "404")
+    HTTP_LATENCY.labels("GET", UNMATCHED_ENDPOINT)
+    API_ERRORS.labels(endpoint=UNMATCHED_ENDPOINT, error_type="not_found")
+    for status in tallies.PROCESSED_BY_STATUS:
+        MESSAGE_LATENCY.labels(status.value)
+
+
 def init_app(app: Flask) -> None:
     """Time and count every request, and serve ``/metrics``."""
+    expose_families_at_zero()
     app.before_request(_start_timer)
     app.after_request(_record_request)
     app.register_blueprint(bp)

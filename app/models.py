@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Index,
     Integer,
@@ -76,6 +77,11 @@ class Message(db.Model):
     result: Mapped[Any | None] = mapped_column(JSON)
 
     __table_args__ = (
+        # The database refuses any other status too (migration hygiene_0001).
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{status}'" for status in MessageStatus)),
+            name="ck_messages_status",
+        ),
         # Serves the status filter (newest first), the lease sweep and the backlog age.
         Index("ix_messages_status_id", "status", "id"),
         # Serves the claims: first attempts in id order, and the few retries on their own.

@@ -4,6 +4,10 @@ Reading ``GET /messages/stats`` or the processed counters then costs a few
 dozen rows instead of a scan of the messages table. Each writing transaction
 picks one random shard, so concurrent PostgreSQL writers rarely wait on the same
 row, and updates the names in sorted order, so two of them never deadlock.
+
+The rows are created once, by migration 0001, and only ever updated: a missing
+row would make every count added to it vanish, so :func:`verify` refuses to
+start on a database that lacks one.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, inspect, select, update
 from sqlalchemy.engine import Connection
 
 from app.models import MessageStatus, Tally
@@ -26,6 +30,12 @@ PROCESSED_BY_STATUS = {
     MessageStatus.COMPLETED: PROCESSED_COMPLETED,
     MessageStatus.FAILED: PROCESSED_FAILED,
 }
+NAMES = (*MessageStatus, PROCESSED_COMPLETED, PROCESSED_FAILED, RETRIES, RECOVERIES)
+
+
+class MissingTallies(RuntimeError):
+    """The database lacks tally rows, so the counts kept in them would be lost."""
+
 
 _add = (
     update(Tally)
@@ -66,3 +76,23 @@ def read(connection: Connection) -> dict[str, int]:
     """Every tally, summed over its shards."""
     rows = connection.execute(select(Tally.name, func.sum(Tally.value)).group_by(Tally.name))
     return {name: int(total) for name, total in rows}
+
+
+def verify(connection: Connection) -> None:
+    """Raise :class:`MissingTallies` unless every tally has its row in every shard.
+
+    A database whose schema is not there yet (before its first migration) passes:
+    the migration creates the rows.
+    """
+    if not inspect(connection).has_table(Tally.__tablename__):
+        return
+    present = {tuple(row) for row in connection.execute(select(Tally.name, Tally.shard))}
+    missing = sorted({(str(name), shard) for name in NAMES for shard in range(SHARDS)} - present)
+    if missing:
+        shown = ", ".join(f"{name}/{shard}" for name, shard in missing[:8])
+        raise MissingTallies(
+            f"{Tally.__tablename__} lacks {len(missing)} of its {len(NAMES) * SHARDS} rows "
+            f"(name/shard: {shown}{', ...' if len(missing) > 8 else ''}); counts added to "
+            "them would be lost. Migration 0001 creates them: restore them (value 0, or the "
+            "count they held) before starting N3Hub on this database."
+        )

@@ -9,13 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask import url_for
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.config import load_config
+from app.database import write_transaction
 from app.extensions import db
+from app.models import Message
 from tests.conftest import keyed_client, stack_environment
 from tests.support.metrics import metric_value
 
@@ -311,6 +313,16 @@ def test_idempotency_key_with_other_content_is_rejected(client: FlaskClient) -> 
     response = client.post("/messages", json={"content": "b"}, headers=headers)
     assert_error(response, 422, "idempotency_key_reused")
     assert total_messages(client) == 1
+
+
+def test_idempotent_replay_of_a_deleted_message_is_410(client: FlaskClient, app) -> None:
+    headers = {"Idempotency-Key": "order-44"}
+    created = client.post("/messages", json={"content": "gone"}, headers=headers).get_json()
+    with app.app_context(), write_transaction() as connection:
+        connection.execute(delete(Message).where(Message.id == created["id"]))
+    response = client.post("/messages", json={"content": "gone"}, headers=headers)
+    error = assert_error(response, 410, "idempotent_message_gone")
+    assert error["details"] == {"header": "Idempotency-Key", "message_id": created["id"]}
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])

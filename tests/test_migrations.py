@@ -8,11 +8,13 @@ import pytest
 from flask import Flask
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from app import create_app, queries
 from app.config import load_config
 from app.database import MIGRATIONS_DIR, write_transaction
 from app.extensions import db
+from app.tallies import MissingTallies
 from tests.conftest import DatabaseFactory, stack_environment
 from tests.support.processes import RedisServer
 
@@ -68,3 +70,33 @@ def test_data_of_an_earlier_revision_survives_the_upgrade(unmigrated_app: Flask)
     assert "idempotency_keys" not in inspect(db.engine).get_table_names()
     upgrade(directory=str(MIGRATIONS_DIR))
     assert "idempotency_keys" in inspect(db.engine).get_table_names()
+
+
+@both_databases
+def test_the_database_refuses_a_status_outside_the_state_machine(unmigrated_app: Flask) -> None:
+    upgrade(directory=str(MIGRATIONS_DIR))
+    row = {"content": "x", "attempts": 0, "t": "2026-11-01 00:00:00"}
+    insert = text(
+        "INSERT INTO messages (content, status, attempts, created_at, updated_at, available_at)"
+        " VALUES (:content, :status, :attempts, :t, :t, :t)"
+    )
+    with write_transaction() as connection:
+        connection.execute(insert, {**row, "status": "pending"})
+    with pytest.raises(IntegrityError, match="ck_messages_status"), write_transaction() as conn:
+        conn.execute(insert, {**row, "status": "lost"})
+    assert queries.list_messages(10, None, None).messages[0]["status"] == "pending"
+
+
+@both_databases
+def test_a_start_on_a_database_missing_a_tally_row_fails_and_names_it(
+    unmigrated_app: Flask,
+) -> None:
+    upgrade(directory=str(MIGRATIONS_DIR))
+    with write_transaction() as connection:
+        connection.execute(
+            text("DELETE FROM message_tallies WHERE name = 'recoveries' AND shard = 3")
+        )
+    url = db.engine.url.render_as_string(hide_password=False)
+    env = stack_environment(url, "redis://127.0.0.1:1")
+    with pytest.raises(MissingTallies, match="recoveries/3"):
+        create_app(load_config(env))

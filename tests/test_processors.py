@@ -50,6 +50,7 @@ def raises(error: Exception):
         (raises(ValueError("bad")), True),
         (raises(ConnectionError("later")), False),
         (raises(RuntimeError("later")), False),
+        (raises(TypeError("a bug in the processor")), False),
         (lambda _: object(), True),  # not JSON
     ],
 )
@@ -57,6 +58,14 @@ def test_run_processor_classifies_failures(processor, permanent: bool) -> None:
     outcome = run_processor(processor, message("x"))
     assert not outcome.succeeded
     assert outcome.permanent is permanent
+
+
+def test_a_type_error_inside_the_processor_is_its_failure_not_a_result_that_is_not_json() -> None:
+    outcome = run_processor(raises(TypeError("unsupported operand")), message("x"))
+    assert outcome.error == "TypeError: unsupported operand"
+    unserialisable = run_processor(lambda _: {"at": object()}, message("x"))
+    assert unserialisable.error is not None
+    assert unserialisable.error.startswith("the processor's result is not JSON: TypeError")
 
 
 def test_error_description_is_one_bounded_line() -> None:

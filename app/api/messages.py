@@ -21,7 +21,7 @@ from app.api.payloads import (
 )
 from app.auth.access import requires
 from app.auth.keys import Scope
-from app.lifecycle import IdempotencyKeyReused, IdempotentRequest
+from app.lifecycle import IdempotencyKeyReused, IdempotentMessageGone, IdempotentRequest
 from app.models import MessageStatus
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
@@ -97,6 +97,14 @@ def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[di
             "idempotency_key_reused",
             f"{IDEMPOTENCY_HEADER} {idempotency.key!r} was already used with different content.",
             {"header": IDEMPOTENCY_HEADER},
+        ) from None
+    except IdempotentMessageGone as gone:
+        raise APIError(
+            410,
+            "idempotent_message_gone",
+            f"Message {gone.message_id}, created with {IDEMPOTENCY_HEADER} {idempotency.key!r}, "
+            "no longer exists; send a new key to create the message again.",
+            {"header": IDEMPOTENCY_HEADER, "message_id": gone.message_id},
         ) from None
 
 

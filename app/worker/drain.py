@@ -97,13 +97,15 @@ def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
     try:
         with PROCESSING_DURATION.time():
             result = processor(message)
-        json.dumps(result)
     except PERMANENT_ERRORS as error:
-        return Outcome(message, error=describe_error(error), permanent=True)
-    except TypeError as error:  # the processor returned something that is not JSON
         return Outcome(message, error=describe_error(error), permanent=True)
     except Exception as error:
         return Outcome(message, error=describe_error(error))
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as error:  # another attempt would return the same
+        reason = f"the processor's result is not JSON: {describe_error(error)}"
+        return Outcome(message, error=reason[:MAX_ERROR_LENGTH], permanent=True)
     return Outcome(message, result=result)
 
 
