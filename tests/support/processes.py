@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
-from urllib.request import urlopen
+from typing import Any, ClassVar
+from urllib.request import Request, urlopen
 
 from redis import Redis
 
@@ -27,6 +29,19 @@ def http_ok(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def http_json(
+    url: str, body: dict[str, Any] | None = None, key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a GET, or of a POST when ``body`` is given; ``key`` as bearer."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = Request(url, data=data, headers=headers)
+    with urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
 
 
 def free_port() -> int:
@@ -83,12 +98,20 @@ class ManagedProcess:
         if self.process is None:
             return None
         if self.alive():
+            deadline = time.monotonic() + timeout
             self.signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.signal_group(signal.SIGKILL)
                 self.process.wait(10)
+            # Its children may still be stopping theirs (honcho under make does): let them.
+            with contextlib.suppress(AssertionError):
+                wait_for(
+                    lambda: not self._group_exists(),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    what="the process group to exit",
+                )
         self._kill_leftovers()
         ManagedProcess.running.discard(self)
         return self.process.returncode
@@ -107,6 +130,13 @@ class ManagedProcess:
         for process in leftovers:
             process.stop(timeout=5)
         return [" ".join(process.argv) for process in leftovers]
+
+    def _group_exists(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def _kill_leftovers(self) -> None:
         with contextlib.suppress(ProcessLookupError):
