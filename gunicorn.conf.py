@@ -40,8 +40,9 @@ bind = f"{CONFIG['HOST']}:{CONFIG['PORT']}"
 # One process per core, each serving many requests at once on gevent's greenlets:
 # a request mostly waits on the database, and the requests of one process share
 # their commits (app/ingest.py), which beats more processes queueing on SQLite's
-# single write lock. Greenlets hand over more cheaply than threads: on 2 cores
-# they store 1.6-1.9x the messages per second of 16 gthreads (see BENCHMARKS.md).
+# single write lock. Greenlets hand over more cheaply than threads: on 2 cores they
+# store 1.6-1.9x the messages per second of 16 gthreads
+# (BENCHMARKS.md, "Gunicorn's gevent worker").
 workers = CONFIG["WEB_CONCURRENCY"]
 worker_class = CONFIG["GUNICORN_WORKER_CLASS"]
 # Only for GUNICORN_WORKER_CLASS=gthread; gevent takes up to worker_connections (1000).

@@ -4,8 +4,9 @@
 transaction is always the same two statements: insert the messages, add their
 number to the pending tally. Through SQLAlchemy Core each statement costs more
 CPU in execution-context and result machinery than SQLite spends running it
-(BENCHMARKS.md, "Ingest"), so these two run as plain SQL on the DB-API
-connection (:func:`app.database.driver_write_transaction`). Timestamps go
+(BENCHMARKS.md, "Ingest transaction on the DB-API connection"), so these two
+run as plain SQL on the DB-API connection
+(:func:`app.database.driver_write_transaction`). Timestamps go
 through the bind processor of the column type as the dialect implements it
 (on SQLite, SQLAlchemy's own text format), once per transaction, so they are
 stored exactly as SQLAlchemy stores them elsewhere. Every other write keeps to

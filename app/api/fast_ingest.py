@@ -3,7 +3,7 @@
 ``POST /messages`` is the request the service answers most. Served by Flask,
 its request context, routing, hooks and response object cost about as much CPU
 as the durable write itself: 0.2 ms of 0.63 per request on a 2-core machine
-(BENCHMARKS.md, "What changed: a fast path for the plain POST /messages"). This
+(BENCHMARKS.md, "A fast path for the plain POST /messages"). This
 WSGI middleware answers the plain form of the request itself: ``Content-Type:
 application/json`` exactly, a ``Content-Length`` within the body limit, no
 ``Idempotency-Key``, below an ASCII mount point, and a body that passes the
