@@ -103,10 +103,11 @@ def test_a_web_process_answers_while_its_write_waits_for_another_process(
     env = stack_environment(f"sqlite:///{database}", redis_server.url)
     key = env_api_key(env)
     web, port = start_web(env, tmp_path, workers=1)
-    waiters_before = _lock_waiters()
-    # This test process plays another writer: it holds the host's writer lock.
-    descriptor = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = -1
     try:
+        waiters_before = _lock_waiters()
+        # This test process plays another writer: it holds the host's writer lock.
+        descriptor = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.lockf(descriptor, fcntl.LOCK_EX)
         with ThreadPoolExecutor(max_workers=1) as pool:
             post = pool.submit(_http, port, key, "/messages", {"content": "waits for the lock"})
