@@ -22,7 +22,8 @@ print(create_app().test_client().get("/metrics").get_data(as_text=True))
 def readme_metric_families() -> set[str]:
     """The metric names the README's Observability section lists."""
     readme = (PROJECT_ROOT / "README.md").read_text()
-    listing = readme[readme.index("`GET /metrics` exposes") : readme.index("The `endpoint` label")]
+    section = readme[readme.index("## Observability") :]
+    listing = section[section.index("exposes") : section.index("The `endpoint` label")]
     names = re.findall(r"`([a-z][a-z0-9_]+)(?:\{[a-z_,]+\})?`", listing)
     return {name.removesuffix("_total") for name in names}
 

@@ -17,7 +17,7 @@ is answered by the Flask view and its error handlers, as before. A failure to
 store the message is answered by the app's error handlers too, in a request
 context opened for it.
 
-The fast path applies the app's request hooks itself (:data:`APPLIED_HOOKS`);
+Every request hook of the app holds for the fast path too (:data:`APPLIED_HOOKS`);
 the tests fail when the app gains one it does not apply. ``N3HUB_FAST_PATH=0``
 turns it off, leaving every request to Flask.
 """
@@ -45,14 +45,17 @@ from app.metrics import record_request, time_request_from
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 CREATE_ENDPOINT = "messages.create_message"
-# The request hooks whose effect the fast path reproduces: the request id and the
-# request metrics. A hook missing here would be skipped for plain POST /messages.
+# The request hooks whose effect holds for the fast path too: the request id and the
+# request metrics, which it reproduces, and the guard's refusal, which cannot reach it
+# (the guard sends every refused request to Flask). A hook missing here would be
+# skipped for plain POST /messages.
 APPLIED_HOOKS = frozenset(
     {
         "app.logs._assign_request_id",
         "app.logs._return_request_id",
         "app.metrics._start_timer",
         "app.metrics._record_request",
+        "app.api.guard._raise_refusal",
     }
 )
 
