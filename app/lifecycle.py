@@ -31,6 +31,7 @@ PENDING = MessageStatus.PENDING
 PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED
+CANCELLED = MessageStatus.CANCELLED
 
 
 def utcnow() -> datetime:
@@ -121,7 +122,9 @@ class IdempotentRequest:
 
 
 def create_message(
-    content: str, idempotency: IdempotentRequest | None = None
+    content: str,
+    idempotency: IdempotentRequest | None = None,
+    deliver_at: datetime | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a new pending message; return its row and whether it was created just now.
 
@@ -133,7 +136,7 @@ def create_message(
     """
     for attempt in range(2):
         try:
-            return _create_message(content, idempotency)
+            return _create_message(content, idempotency, deliver_at)
         except IntegrityError:
             if idempotency is None or attempt:
                 raise
@@ -141,7 +144,7 @@ def create_message(
 
 
 def _create_message(
-    content: str, idempotency: IdempotentRequest | None
+    content: str, idempotency: IdempotentRequest | None, deliver_at: datetime | None
 ) -> tuple[dict[str, Any], bool]:
     now = utcnow()
     with write_transaction() as connection:
@@ -150,7 +153,11 @@ def _create_message(
             if replayed is not None:
                 return replayed, False
         [row] = pending_rows.insert(
-            connection.connection.driver_connection, connection.dialect, [content], now
+            connection.connection.driver_connection,
+            connection.dialect,
+            [content],
+            now,
+            [deliver_at],
         )
         if idempotency is not None:
             connection.execute(
@@ -164,10 +171,15 @@ def _create_message(
     return row, True
 
 
-def create_messages(contents: list[str]) -> list[dict[str, Any]]:
-    """Store several new pending messages in one transaction; rows in the given order."""
+def create_messages(
+    contents: list[str], deliver_at: list[datetime | None] | None = None
+) -> list[dict[str, Any]]:
+    """Store several new pending messages in one transaction; rows in the given order.
+
+    ``deliver_at``, one per content when given, holds a message back until then.
+    """
     with driver_write_transaction() as (driver_connection, dialect):
-        return pending_rows.insert(driver_connection, dialect, contents, utcnow())
+        return pending_rows.insert(driver_connection, dialect, contents, utcnow(), deliver_at)
 
 
 def _replay(
@@ -414,16 +426,40 @@ def pending_work_due(now: datetime | None = None) -> bool:
         )
 
 
+def next_due_at(now: datetime | None = None) -> datetime | None:
+    """When the next pending message held back (scheduled, or backing off) becomes due."""
+    now = now or utcnow()
+    with read_connection() as connection:
+        return connection.execute(
+            select(Message.available_at)
+            .where(Message.status == PENDING, Message.available_at > now)
+            .order_by(Message.available_at)
+            .limit(1)
+        ).scalar()
+
+
+def cancel_pending(message_id: int) -> dict[str, Any] | None:
+    """Cancel a ``pending`` message (scheduled or not) so it is never processed; else None."""
+    return _move(message_id, PENDING, CANCELLED, utcnow())
+
+
 def retry_failed(message_id: int) -> dict[str, Any] | None:
     """Put a ``failed`` message back to ``pending`` with fresh attempts; None if not failed."""
     now = utcnow()
+    return _move(message_id, FAILED, PENDING, now, attempts=0, available_at=now, completed_at=None)
+
+
+def _move(
+    message_id: int, old: MessageStatus, new: MessageStatus, now: datetime, **values: Any
+) -> dict[str, Any] | None:
+    """Move one message from ``old`` to ``new`` with its tallies; None if it was not ``old``."""
     with write_transaction() as connection:
         row = connection.execute(
             update(Message)
-            .where(Message.id == message_id, Message.status == FAILED)
-            .values(status=PENDING, attempts=0, available_at=now, updated_at=now, completed_at=None)
+            .where(Message.id == message_id, Message.status == old)
+            .values(status=new, updated_at=now, **values)
             .returning(*Message.__table__.columns)
         ).one_or_none()
         if row is not None:
-            tallies.apply(connection, {FAILED: -1, PENDING: 1})
+            tallies.apply(connection, {old: -1, new: 1})
     return row._asdict() if row is not None else None

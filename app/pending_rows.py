@@ -2,7 +2,8 @@
 
 ``POST /messages`` is the request the service answers most, and its
 transaction is always the same two statements: insert the messages, add their
-number to the pending tally. Through SQLAlchemy Core each statement costs more
+number to the pending tally. A scheduled message (``deliver_at``) is the same
+insert, only available later. Through SQLAlchemy Core each statement costs more
 CPU in execution-context and result machinery than SQLite spends running it
 (BENCHMARKS.md, "Ingest transaction on the DB-API connection"), so these two
 run as plain SQL on the DB-API connection
@@ -15,7 +16,7 @@ SQLAlchemy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,8 +37,9 @@ class _Statements:
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
         table, tally = Message.__tablename__, Tally.__tablename__
         self.insert = (
-            f"INSERT INTO {table} (content, status, attempts, created_at, updated_at, available_at)"
-            f" VALUES ({mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
+            f"INSERT INTO {table}"
+            " (content, status, attempts, created_at, updated_at, available_at, deliver_at)"
+            f" VALUES ({mark}, '{PENDING}', 0, {mark}, {mark}, {mark}, {mark}) RETURNING id"
         )
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark} WHERE name = {mark} AND shard = {mark}"
@@ -59,16 +61,29 @@ def _for(dialect: Dialect) -> _Statements:
 
 
 def insert(
-    driver_connection: Any, dialect: Dialect, contents: list[str], now: datetime
+    driver_connection: Any,
+    dialect: Dialect,
+    contents: list[str],
+    now: datetime,
+    deliver_at: Sequence[datetime | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Insert pending messages in the DB-API connection's transaction; their rows, in order."""
+    """Insert pending messages in the DB-API connection's transaction; their rows, in order.
+
+    ``deliver_at``, one per content when given, holds back a message until then.
+    """
     statements = _for(dialect)
     stored_now = statements.timestamp(now)
+    deliveries = deliver_at if deliver_at is not None else [None] * len(contents)
     cursor = driver_connection.cursor()
     try:
         ids = []
-        for content in contents:
-            cursor.execute(statements.insert, (content, stored_now, stored_now, stored_now))
+        for content, delivery in zip(contents, deliveries, strict=True):
+            if delivery is None:
+                timing = (stored_now, stored_now, stored_now, None)
+            else:
+                available = statements.timestamp(max(now, delivery))
+                timing = (stored_now, stored_now, available, statements.timestamp(delivery))
+            cursor.execute(statements.insert, (content, *timing))
             ids.append(cursor.fetchone()[0])
         cursor.execute(
             statements.add_to_tally, (len(contents), PENDING.value, tallies.random_shard())
@@ -76,12 +91,14 @@ def insert(
     finally:
         cursor.close()
     return [
-        _new_row(message_id, content, now)
-        for message_id, content in zip(ids, contents, strict=True)
+        _new_row(message_id, content, now, delivery)
+        for message_id, content, delivery in zip(ids, contents, deliveries, strict=True)
     ]
 
 
-def _new_row(message_id: int, content: str, now: datetime) -> dict[str, Any]:
+def _new_row(
+    message_id: int, content: str, now: datetime, deliver_at: datetime | None
+) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
     row.update(
         id=message_id,
@@ -90,6 +107,7 @@ def _new_row(message_id: int, content: str, now: datetime) -> dict[str, Any]:
         attempts=0,
         created_at=now,
         updated_at=now,
-        available_at=now,
+        available_at=now if deliver_at is None else max(now, deliver_at),
+        deliver_at=deliver_at,
     )
     return row

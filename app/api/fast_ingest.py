@@ -7,15 +7,15 @@ as the durable write itself: 0.2 ms of 0.63 per request on a 2-core machine
 WSGI middleware answers the plain form of the request itself: ``Content-Type:
 application/json`` exactly, a ``Content-Length`` within the body limit, no
 ``Idempotency-Key``, below an ASCII mount point, and a body that passes the
-endpoint's validation. It uses the endpoint's own parts (validation, group
-commit, drain request, response shape, request id and metrics rules), so the
-answer is the one Flask would give.
+endpoint's validation and asks for no scheduled delivery. It uses the
+endpoint's own parts (validation, group commit, drain request, response shape,
+request id and metrics rules), so the answer is the one Flask would give.
 
 Everything else goes to Flask untouched, the body replayed when it was read:
-every validation error, idempotent request and less common form of the request
-is answered by the Flask view and its error handlers, as before. A failure to
-store the message is answered by the app's error handlers too, in a request
-context opened for it.
+every validation error, idempotent or scheduled request and less common form
+of the request is answered by the Flask view and its error handlers, as before.
+A failure to store the message is answered by the app's error handlers too, in
+a request context opened for it.
 
 Every request hook of the app holds for the fast path too (:data:`APPLIED_HOOKS`);
 the tests fail when the app gains one it does not apply. ``N3HUB_FAST_PATH=0``
@@ -37,6 +37,7 @@ from app.api.messages import location, message_out
 from app.api.payloads import (
     IDEMPOTENCY_HEADER,
     JSON_MIMETYPE,
+    SCHEDULE_FIELDS,
     message_content,
     parse_json_object,
 )
@@ -85,9 +86,8 @@ class FastIngest:
             return self._flask(environ, start_response)
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)
-        try:
-            content = message_content(parse_json_object(body))
-        except APIError:
+        content = _plain_content(body)
+        if content is None:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)
         with self._app.app_context():
@@ -150,6 +150,16 @@ def request_hooks(app: Flask) -> set[str]:
         for hooks in registry.values()
         for hook in hooks
     }
+
+
+def _plain_content(body: bytes) -> str | None:
+    """The content of a valid body that asks for nothing else; None sends it to Flask."""
+    try:
+        fields = parse_json_object(body)
+        content = message_content(fields)
+    except APIError:
+        return None
+    return None if any(name in fields for name in SCHEDULE_FIELDS) else content
 
 
 def init_app(app: Flask) -> None:

@@ -12,7 +12,8 @@ from app.api.errors import APIError
 from app.api.payloads import (
     IDEMPOTENCY_HEADER,
     MAX_ID,
-    batch_contents,
+    batch_items,
+    delivery_time,
     idempotency_key,
     json_object,
     message_content,
@@ -35,6 +36,7 @@ PUBLIC_FIELDS = (
     "updated_at",
     "started_at",
     "completed_at",
+    "deliver_at",
     "last_error",
     "result",
 )
@@ -57,11 +59,22 @@ def location(root_path: str, message_id: int) -> str:
     return f"{root_path}{bp.url_prefix}/{message_id}"
 
 
-def _existing(message_id: int) -> dict[str, Any]:
+def existing(message_id: int) -> dict[str, Any]:
     row = queries.get_message(message_id) if message_id <= MAX_ID else None
     if row is None:
         raise APIError(404, "not_found", f"Message {message_id} does not exist.")
     return row
+
+
+def wrong_status(current: dict[str, Any], action: str, required: MessageStatus) -> APIError:
+    """A 409 for an action that only a message in ``required`` status allows."""
+    return APIError(
+        409,
+        "conflict",
+        f"Only {required} messages can be {action}; message {current['id']} is "
+        f"{current['status']}.",
+        {"status": current["status"], "required_status": required.value},
+    )
 
 
 @bp.post("")
@@ -69,18 +82,21 @@ def _existing(message_id: int) -> dict[str, Any]:
 def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store a message; it is committed before this answers, then queued for processing.
 
-    A repeated ``Idempotency-Key`` with the same content answers 200 with the
-    first request's message and writes nothing.
+    ``deliver_at`` or ``delay_seconds`` holds it back until then. A repeated
+    ``Idempotency-Key`` with the same content answers 200 with the first
+    request's message and writes nothing.
     """
-    content = message_content(json_object(request))
+    body = json_object(request)
+    content = message_content(body)
+    deliver_at = delivery_time(body)
     key = idempotency_key(request)
     idempotency = (
         IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"]) if key is not None else None
     )
-    if idempotency is None:
+    if idempotency is None and deliver_at is None:
         row, created = current_app.extensions["group_commit"].create(content), True
     else:
-        row, created = _create_idempotent(content, idempotency)
+        row, created = _create_one(content, idempotency, deliver_at)
     url = location(request.root_path, row["id"])
     if not created:
         return message_out(row), 200, {"Location": url, "Idempotent-Replayed": "true"}
@@ -88,14 +104,16 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     return message_out(row), 201, {"Location": url}
 
 
-def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[dict[str, Any], bool]:
+def _create_one(
+    content: str, idempotency: IdempotentRequest | None, deliver_at: datetime | None
+) -> tuple[dict[str, Any], bool]:
     try:
-        return lifecycle.create_message(content, idempotency)
-    except IdempotencyKeyReused:
+        return lifecycle.create_message(content, idempotency, deliver_at)
+    except IdempotencyKeyReused as reused:
         raise APIError(
             422,
             "idempotency_key_reused",
-            f"{IDEMPOTENCY_HEADER} {idempotency.key!r} was already used with different content.",
+            f"{IDEMPOTENCY_HEADER} {reused.args[0]!r} was already used with different content.",
             {"header": IDEMPOTENCY_HEADER},
         ) from None
     except IdempotentMessageGone as gone:
@@ -112,8 +130,10 @@ def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[di
 @requires(Scope.SUBMIT)
 def create_messages() -> tuple[dict[str, Any], int]:
     """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none."""
-    contents = batch_contents(json_object(request), current_app.config["MAX_BATCH_MESSAGES"])
-    rows = lifecycle.create_messages(contents)
+    contents, deliveries = batch_items(
+        json_object(request), current_app.config["MAX_BATCH_MESSAGES"]
+    )
+    rows = lifecycle.create_messages(contents, deliveries)
     current_app.extensions["drain_requests"].request_soon()
     return {"messages": [message_out(row) for row in rows]}, 201
 
@@ -144,21 +164,16 @@ def get_stats() -> dict[str, int]:
 @requires(Scope.READ)
 def get_message(message_id: int) -> dict[str, Any]:
     """One message with its processing facts."""
-    return message_out(_existing(message_id))
+    return message_out(existing(message_id))
 
 
 @bp.post("/<int:message_id>/retry")
 @requires(Scope.ADMIN)
 def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
     """Put a failed message back to pending; 409 for any other status."""
-    current = _existing(message_id)
+    current = existing(message_id)
     row = lifecycle.retry_failed(message_id)
     if row is None:
-        raise APIError(
-            409,
-            "conflict",
-            f"Only failed messages can be retried; message {message_id} is {current['status']}.",
-            {"status": current["status"], "retryable_status": MessageStatus.FAILED.value},
-        )
+        raise wrong_status(current, "retried", MessageStatus.FAILED)
     current_app.extensions["drain_requests"].request_soon()
     return message_out(row), 202

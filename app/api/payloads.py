@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Request
 
 from app.api.errors import APIError, validation_error
+from app.lifecycle import utcnow
 from app.models import MessageStatus
 
 JSON_MIMETYPE = "application/json"
@@ -58,20 +62,79 @@ def message_content(body: dict[str, Any], field: str = "content") -> str:
     return content
 
 
-def batch_contents(body: dict[str, Any], maximum: int) -> list[str]:
-    """The contents of ``{"messages": [{"content": ...}, ...]}``, 1 to ``maximum`` of them."""
+# Scheduled delivery: at most this far ahead (or behind), so a typo in a year cannot park a
+# message forever.
+MAX_SCHEDULE_SECONDS = 366 * 24 * 3600
+SCHEDULE_FIELDS = ("deliver_at", "delay_seconds")
+# RFC 3339's date-time: a full date, a time with seconds, and a zone (Z or an offset).
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def rfc3339(raw: Any, field: str) -> datetime:
+    """An RFC 3339 date-time with its zone, e.g. ``2026-12-01T09:00:00Z``, in UTC."""
+    if not isinstance(raw, str) or not RFC3339.fullmatch(raw):
+        raise validation_error(
+            f"'{field}' must be an RFC 3339 date-time with a zone, e.g. 2026-12-01T09:00:00Z.",
+            {"field": field},
+        )
+    # fromisoformat takes at most microseconds; finer digits are cut, not rounded.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", raw.replace("z", "Z"))
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError):  # February 30; or year 1 moved west of UTC
+        raise validation_error(f"'{field}' is not a real date-time.", {"field": field}) from None
+
+
+def delivery_time(body: dict[str, Any], prefix: str = "") -> datetime | None:
+    """When a message asks to be delivered: ``deliver_at`` or now plus ``delay_seconds``."""
+    given = [name for name in SCHEDULE_FIELDS if name in body]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise validation_error(
+            "Give 'deliver_at' or 'delay_seconds', not both.",
+            {"fields": [prefix + name for name in given]},
+        )
+    now = utcnow()
+    limit = f"within {MAX_SCHEDULE_SECONDS} seconds ({MAX_SCHEDULE_SECONDS // 86400} days) of now"
+    if given[0] == "deliver_at":
+        field = prefix + "deliver_at"
+        deliver_at = rfc3339(body["deliver_at"], field)
+        if abs(deliver_at - now) > timedelta(seconds=MAX_SCHEDULE_SECONDS):
+            raise validation_error(f"'{field}' must be {limit}.", {"field": field})
+        return deliver_at
+    field = prefix + "delay_seconds"
+    delay = body["delay_seconds"]
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or not 0 <= delay <= MAX_SCHEDULE_SECONDS
+    ):
+        raise validation_error(
+            f"'{field}' must be a number of seconds from 0 to {MAX_SCHEDULE_SECONDS}.",
+            {"field": field},
+        )
+    return now + timedelta(seconds=delay)
+
+
+def batch_items(body: dict[str, Any], maximum: int) -> tuple[list[str], list[datetime | None]]:
+    """Contents and delivery times of ``{"messages": [{"content": ...}, ...]}`` (1 to maximum)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not 1 <= len(messages) <= maximum:
         raise validation_error(
             f"'messages' must be a list of 1 to {maximum} objects.", {"field": "messages"}
         )
-    contents = []
+    contents, deliveries = [], []
     for index, message in enumerate(messages):
         item = f"messages[{index}]"
         if not isinstance(message, dict):
             raise validation_error(f"{item} must be an object.", {"field": item})
         contents.append(message_content(message, f"{item}.content"))
-    return contents
+        deliveries.append(delivery_time(message, f"{item}."))
+    return contents, deliveries
 
 
 def positive_int(args: dict[str, str], name: str, default: int | None, maximum: int) -> int | None:

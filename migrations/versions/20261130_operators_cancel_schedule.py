@@ -1,0 +1,48 @@
+"""Cancelled messages and scheduled delivery: tally rows, ``deliver_at`` and its look-ahead index.
+
+Revision ID: operators_0001
+Revises: security_0001
+Create Date: 2026-11-30
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "operators_0001"
+down_revision = "security_0001"
+branch_labels = None
+depends_on = None
+
+# The tally shards made by revision 0001, written out: a migration keeps the schema it made.
+TALLY_SHARDS = 8
+NEW_TALLIES = ("cancelled",)
+
+
+def upgrade() -> None:
+    op.add_column("messages", sa.Column("deliver_at", sa.DateTime(timezone=True)))
+    op.create_index("ix_messages_status_available_at", "messages", ["status", "available_at"])
+    tallies = sa.table(
+        "message_tallies",
+        sa.column("name", sa.String),
+        sa.column("shard", sa.Integer),
+        sa.column("value", sa.BigInteger),
+    )
+    op.bulk_insert(
+        tallies,
+        [
+            {"name": name, "shard": shard, "value": 0}
+            for name in NEW_TALLIES
+            for shard in range(TALLY_SHARDS)
+        ],
+    )
+
+
+def downgrade() -> None:
+    op.execute(
+        sa.text("DELETE FROM message_tallies WHERE name IN :names").bindparams(
+            sa.bindparam("names", list(NEW_TALLIES), expanding=True)
+        )
+    )
+    op.drop_index("ix_messages_status_available_at", table_name="messages")
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("deliver_at")
