@@ -438,6 +438,10 @@ def next_due_at(now: datetime | None = None) -> datetime | None:
         ).scalar()
 
 
+# What a retry resets: a fresh set of attempts, and no end of processing yet.
+_RETRY_VALUES: dict[str, Any] = {"attempts": 0, "completed_at": None}
+
+
 def cancel_pending(message_id: int) -> dict[str, Any] | None:
     """Cancel a ``pending`` message (scheduled or not) so it is never processed; else None."""
     return _move(message_id, PENDING, CANCELLED, utcnow())
@@ -446,7 +450,60 @@ def cancel_pending(message_id: int) -> dict[str, Any] | None:
 def retry_failed(message_id: int) -> dict[str, Any] | None:
     """Put a ``failed`` message back to ``pending`` with fresh attempts; None if not failed."""
     now = utcnow()
-    return _move(message_id, FAILED, PENDING, now, attempts=0, available_at=now, completed_at=None)
+    return _move(message_id, FAILED, PENDING, now, available_at=now, **_RETRY_VALUES)
+
+
+# Rows per transaction of a bulk redrive: each one holds the write lock only briefly.
+REDRIVE_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class FailedFilter:
+    """Which failed messages a bulk redrive takes: failed in ``[since, until)``, oldest first."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matching(self, after_id: int) -> Select[tuple[int]]:
+        """Ids of matching failed messages above ``after_id``, in id order."""
+        query = select(Message.id).where(Message.status == FAILED, Message.id > after_id)
+        if self.since is not None:
+            query = query.where(Message.completed_at >= self.since)
+        if self.until is not None:
+            query = query.where(Message.completed_at < self.until)
+        return query.order_by(Message.id)
+
+
+def redrive_failed(failed: FailedFilter, limit: int) -> tuple[int, bool]:
+    """Put up to ``limit`` matching failed messages back to pending, a chunk per transaction.
+
+    Returns how many moved and whether matching messages remain.
+    """
+    moved, after_id = 0, 0
+    while moved < limit:
+        now = utcnow()
+        with write_transaction() as connection:
+            ids = (
+                connection.execute(
+                    failed.matching(after_id)
+                    .limit(min(REDRIVE_CHUNK, limit - moved))
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return moved, False
+            count = connection.execute(
+                update(Message)
+                .where(Message.id.in_(ids), Message.status == FAILED)
+                .values(status=PENDING, updated_at=now, available_at=now, **_RETRY_VALUES)
+            ).rowcount
+            tallies.apply(connection, {FAILED: -count, PENDING: count})
+        moved, after_id = moved + count, ids[-1]
+    with read_connection() as connection:
+        remains = connection.execute(failed.matching(after_id).limit(1)).first() is not None
+    return moved, remains
 
 
 def _move(

@@ -11,8 +11,10 @@ from typing import Any
 from flask import Request
 
 from app.api.errors import APIError, validation_error
-from app.lifecycle import utcnow
+from app.lifecycle import FailedFilter, utcnow
 from app.models import MessageStatus
+
+FAILED = MessageStatus.FAILED
 
 JSON_MIMETYPE = "application/json"
 # Ids and cursors beyond a signed 64-bit integer cannot exist in either database.
@@ -118,6 +120,29 @@ def delivery_time(body: dict[str, Any], prefix: str = "") -> datetime | None:
             {"field": field},
         )
     return now + timedelta(seconds=delay)
+
+
+MAX_REDRIVE = 10_000  # messages per bulk redrive request, so one request stays short
+
+
+def redrive_request(body: dict[str, Any]) -> tuple[FailedFilter, int]:
+    """The filters of ``POST /messages/retry``: status (failed), since, until, limit."""
+    if body.get("status", FAILED) != FAILED:
+        raise validation_error(
+            "Only failed messages can be retried in bulk: 'status' must be 'failed'.",
+            {"field": "status", "allowed": [FAILED.value]},
+        )
+    since, until = (
+        rfc3339(body[name], name) if name in body else None for name in ("since", "until")
+    )
+    if since is not None and until is not None and since >= until:
+        raise validation_error("'since' must be before 'until'.", {"fields": ["since", "until"]})
+    limit = body.get("limit", MAX_REDRIVE)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REDRIVE:
+        raise validation_error(
+            f"'limit' must be an integer from 1 to {MAX_REDRIVE}.", {"field": "limit"}
+        )
+    return FailedFilter(since=since, until=until), limit
 
 
 def batch_items(body: dict[str, Any], maximum: int) -> tuple[list[str], list[datetime | None]]:
