@@ -236,6 +236,12 @@ SETTINGS: tuple[Setting, ...] = (
             "how long a claim stays valid without renewal", minimum=1),
     Setting("N3HUB_SWEEP_INTERVAL", "SWEEP_INTERVAL", Kind.SECONDS, 2.0,
             "seconds between recovery sweeps in each worker", minimum=0.05),
+    Setting("N3HUB_RETENTION_COMPLETED", "RETENTION_COMPLETED", Kind.SECONDS, 7 * 86400.0,
+            "seconds a `completed` message is kept after it ended, then deleted by the sweep; "
+            "0 keeps it forever", minimum=0, shown_default="604800 (7 days)"),
+    Setting("N3HUB_RETENTION_FAILED", "RETENTION_FAILED", Kind.SECONDS, 30 * 86400.0,
+            "seconds a `failed` message is kept after it ended, then deleted by the sweep; "
+            "0 keeps it forever", minimum=0, shown_default="2592000 (30 days)"),
     Setting("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR", Kind.TEXT, "",
             "shared directory for multi-process metrics; set it before the processes start, "
             "wipe it before each start",

@@ -98,8 +98,8 @@ class Message(db.Model):
 class Tally(db.Model):
     """A running count, split into shards so concurrent writers rarely share a row.
 
-    Status counts move with every transition; ``processed_*``, ``retries`` and
-    ``recoveries`` only grow and back the Prometheus counters.
+    Status counts move with every transition; ``processed_*``, ``deleted_*``,
+    ``retries`` and ``recoveries`` only grow and back the Prometheus counters.
     """
 
     __tablename__ = "message_tallies"

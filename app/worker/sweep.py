@@ -1,7 +1,8 @@
 """The recovery sweep that runs inside every Celery worker process.
 
 Every ``N3HUB_SWEEP_INTERVAL`` seconds it takes back claims whose lease has
-expired (their worker died) and, when due pending work exists (never queued,
+expired (their worker died), deletes a chunk of finished messages past their
+retention (:mod:`app.retention`) and, when due pending work exists (never queued,
 its task lost with Redis, or its retry backoff over), queues a drain. Several
 workers sweeping at once is safe: lease recovery skips rows another transaction
 holds, and a drain request is a no-op while one is queued.
@@ -21,7 +22,7 @@ from celery import bootsteps
 from celery.worker import WorkController
 from flask import Flask
 
-from app import lifecycle
+from app import lifecycle, retention
 from app.extensions import db
 from app.metrics import WORKER_HEARTBEAT
 from app.worker.drain import ProcessingSettings
@@ -34,7 +35,10 @@ DUE_MARGIN_SECONDS = 0.02
 
 
 def sweep_once(app: Flask) -> datetime | None:
-    """One pass: recover expired leases, queue a drain if anything is due; the next due time."""
+    """One pass: recover leases, apply retention, queue a drain if anything is due.
+
+    Returns when the next held-back message becomes due, if any.
+    """
     with app.app_context():
         WORKER_HEARTBEAT.set(time.time())
         settings: ProcessingSettings = app.extensions["processing"]
@@ -43,6 +47,9 @@ def sweep_once(app: Flask) -> datetime | None:
             log.warning("recovered stranded messages: %s", dict(recovered))
         lifecycle.purge_expired_idempotency_keys()
         now = lifecycle.utcnow()
+        deleted = retention.delete_expired(retention.retention_periods(app.config), now)
+        if sum(deleted.values()):
+            log.info("retention deleted finished messages: %s", dict(deleted))
         if lifecycle.pending_work_due(now):
             app.extensions["drain_requests"].request()
         return lifecycle.next_due_at(now)

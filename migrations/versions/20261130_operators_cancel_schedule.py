@@ -1,4 +1,4 @@
-"""Cancelled messages and scheduled delivery: tally rows, ``deliver_at`` and its look-ahead index.
+"""Cancel, scheduled delivery, retention: tally rows, ``deliver_at`` and its look-ahead index.
 
 Revision ID: operators_0001
 Revises: security_0001
@@ -15,7 +15,7 @@ depends_on = None
 
 # The tally shards made by revision 0001, written out: a migration keeps the schema it made.
 TALLY_SHARDS = 8
-NEW_TALLIES = ("cancelled",)
+NEW_TALLIES = ("cancelled", "deleted_completed", "deleted_failed")
 
 
 def upgrade() -> None:
