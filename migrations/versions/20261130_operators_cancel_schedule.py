@@ -1,7 +1,10 @@
 """Cancel, scheduled delivery, retention: tally rows, ``deliver_at`` and its look-ahead index.
 
+The status CHECK of hygiene_0001 gains ``cancelled``. A downgrade fails while
+cancelled messages exist: delete or re-create them first.
+
 Revision ID: operators_0001
-Revises: security_0001
+Revises: hygiene_0001
 Create Date: 2026-11-30
 """
 
@@ -9,16 +12,27 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "operators_0001"
-down_revision = "security_0001"
+down_revision = "hygiene_0001"
 branch_labels = None
 depends_on = None
 
 # The tally shards made by revision 0001, written out: a migration keeps the schema it made.
 TALLY_SHARDS = 8
 NEW_TALLIES = ("cancelled", "deleted_completed", "deleted_failed")
+STATUS_CHECK = "ck_messages_status"
+STATUSES_BEFORE = "status IN ('pending', 'processing', 'completed', 'failed')"
+STATUSES_AFTER = "status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')"
+
+
+def _status_check(condition: str) -> None:
+    # SQLite cannot alter a constraint: batch mode copies the table there.
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_constraint(STATUS_CHECK, type_="check")
+        batch.create_check_constraint(STATUS_CHECK, condition)
 
 
 def upgrade() -> None:
+    _status_check(STATUSES_AFTER)
     op.add_column("messages", sa.Column("deliver_at", sa.DateTime(timezone=True)))
     op.create_index("ix_messages_status_available_at", "messages", ["status", "available_at"])
     tallies = sa.table(
@@ -46,3 +60,4 @@ def downgrade() -> None:
     op.drop_index("ix_messages_status_available_at", table_name="messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("deliver_at")
+    _status_check(STATUSES_BEFORE)
