@@ -249,6 +249,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("N3HUB_WORKER_METRICS_PORT", "WORKER_METRICS_PORT", Kind.INTEGER, 0,
             "a worker serves its own metrics on this port (0: none; for workers in their own "
             "containers)", minimum=0, maximum=65535),
+    Setting("N3HUB_CONSOLE_SECRET", "CONSOLE_SECRET", Kind.TEXT, "",
+            "signs the web console's session cookies; unset, a random one is kept in "
+            "`instance/console-secret` (enough for one host; set it when several hosts serve "
+            "the console)", shown_default="unset"),
     Setting("N3HUB_METRICS_TOKEN", "METRICS_TOKEN", Kind.TEXT, "",
             "when set, `/metrics` and the worker's metrics port answer only "
             "`Authorization: Bearer <this token>`; unset, `/metrics` is open in development "

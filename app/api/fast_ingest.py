@@ -137,17 +137,23 @@ class FastIngest:
 
 
 def request_hooks(app: Flask) -> set[str]:
-    """The qualified names of every request hook of the app and its blueprints."""
+    """The qualified names of every request hook that applies to ``POST /messages``.
+
+    The app's own hooks and those of the endpoint's blueprint; another
+    blueprint's hooks (the console's) never run for this route.
+    """
     registries = (
         app.before_request_funcs,
         app.after_request_funcs,
         app.teardown_request_funcs,
         app.url_value_preprocessors,
     )
+    scopes = (None, CREATE_ENDPOINT.rpartition(".")[0])
     return {
         f"{hook.__module__}.{hook.__qualname__}"
         for registry in registries
-        for hooks in registry.values()
+        for scope, hooks in registry.items()
+        if scope in scopes
         for hook in hooks
     }
 
