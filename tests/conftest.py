@@ -336,3 +336,15 @@ def isolated_app(isolated_env: dict[str, str]) -> Iterator[Flask]:
     with app.app_context():
         yield app
         db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def web_url(
+    stack_env: dict[str, str],
+    worker: ManagedProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """Gunicorn serving the session's database, the session's worker processing it."""
+    web, port = start_web(stack_env, tmp_path_factory.mktemp("web"))
+    yield f"http://127.0.0.1:{port}"
+    web.stop()

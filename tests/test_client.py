@@ -1,0 +1,177 @@
+"""The Python client (client/n3hub_client) against a real stack: Gunicorn, a worker, Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from n3hub_client import APIError, AsyncClient, Client, ConnectionFailed, RetryPolicy, WaitTimeout
+from n3hub_client.environment import api_key, dev_api_key, server_url
+from sqlalchemy.engine import make_url
+
+from tests.conftest import reset_database, stack_environment, start_web
+from tests.support.polling import wait_for
+from tests.support.processes import RedisServer, free_port
+
+QUICK_RETRIES = RetryPolicy(max_retries=3, max_delay=2.0, backoff=0.01)
+
+
+@pytest.fixture
+def client(app: Flask, web_url: str) -> Iterator[Client]:
+    reset_database(app)
+    with Client(web_url) as client:
+        yield client
+
+
+def test_send_then_wait_gives_the_processed_message(client: Client) -> None:
+    sent = client.send("Hello from the client")
+    assert sent["status"] == "pending"
+    assert sent["content"] == "Hello from the client"
+    done = client.wait(sent["id"], timeout=30)
+    assert done["status"] == "completed"
+    assert done["result"]["words"] == 4
+    assert client.get(sent["id"]) == done
+
+
+def test_a_repeated_send_with_one_key_is_stored_once(client: Client) -> None:
+    first = client.send("once", idempotency_key="client-test-key")
+    again = client.send("once", idempotency_key="client-test-key")
+    assert again["id"] == first["id"]
+    assert client.stats()["total"] == 1
+
+
+def test_sends_without_a_key_are_distinct_messages(client: Client) -> None:
+    ids = {client.send("same text")["id"] for _ in range(3)}
+    assert len(ids) == 3
+
+
+def test_send_many_stores_everything_in_order_in_batches(app: Flask, web_url: str) -> None:
+    reset_database(app)
+    contents = [f"batch item {n} ✓" for n in range(25)]
+    with Client(web_url, batch_size=7) as client:
+        chunks = list(client.send_chunks(iter(contents)))
+        assert [len(chunk) for chunk in chunks] == [7, 7, 7, 4]
+        stored = [message for chunk in chunks for message in chunk]
+        assert [message["content"] for message in stored] == contents
+        assert [message["id"] for message in stored] == sorted(m["id"] for m in stored)
+        assert client.stats()["total"] == 25
+
+
+def test_send_many_halves_a_batch_the_server_finds_too_large(client: Client, web_url: str) -> None:
+    """A batch over the server's body limit (1 MiB here) is answered 413 and sent in halves."""
+    big = ["a" * 400_000, "b" * 400_000, "c" * 400_000]
+    with Client(web_url, chunk_bytes=10 * 2**20) as unbounded:
+        stored = unbounded.send_many(big)
+    assert [message["content"][0] for message in stored] == ["a", "b", "c"]
+    assert client.stats()["total"] == 3
+
+
+def test_iter_messages_follows_the_cursors(client: Client) -> None:
+    ids = [message["id"] for message in client.send_many(f"page {n}" for n in range(7))]
+    listed = [message["id"] for message in client.iter_messages(page_size=2)]
+    assert listed == ids[::-1]
+
+
+def test_iter_messages_filters_by_status_and_retry_sends_back(client: Client) -> None:
+    failing = client.send("fail-permanent by design")
+    fine = client.send("fine")
+    assert client.wait(failing["id"], timeout=30)["status"] == "failed"
+    assert client.wait(fine["id"], timeout=30)["status"] == "completed"
+    assert [m["id"] for m in client.iter_messages(status="failed")] == [failing["id"]]
+    retried = client.retry(failing["id"])
+    assert retried["status"] == "pending"
+    assert retried["attempts"] == 0
+
+
+def test_errors_carry_the_envelope(client: Client) -> None:
+    with pytest.raises(APIError) as missing:
+        client.get(2**40)
+    assert (missing.value.status, missing.value.code) == (404, "not_found")
+    assert missing.value.request_id
+    done = client.wait(client.send("done")["id"], timeout=30)
+    with pytest.raises(APIError) as conflict:
+        client.retry(done["id"])
+    assert (conflict.value.status, conflict.value.code) == (409, "conflict")
+    with pytest.raises(APIError) as invalid:
+        client.send("")
+    assert (invalid.value.status, invalid.value.code) == (400, "validation_error")
+
+
+def test_wait_gives_up_at_its_timeout(client: Client) -> None:
+    slow = client.send("sleep:3 slow")
+    with pytest.raises(WaitTimeout) as timeout:
+        client.wait(slow["id"], timeout=0.3, poll=0.1)
+    assert timeout.value.message["id"] == slow["id"]
+    assert timeout.value.message["status"] in {"pending", "processing"}
+
+
+def test_an_unreachable_server_is_a_connection_failure() -> None:
+    with (
+        Client(f"http://127.0.0.1:{free_port()}", retry=QUICK_RETRIES) as client,
+        pytest.raises(ConnectionFailed),
+    ):
+        client.stats()
+
+
+def test_async_client_does_what_the_client_does(app: Flask, web_url: str) -> None:
+    reset_database(app)
+
+    async def scenario() -> None:
+        async with AsyncClient(web_url, batch_size=2) as client:
+            sent = await client.send("async hello")
+            assert (await client.wait(sent["id"], timeout=30))["status"] == "completed"
+            stored = await client.send_many(["x", "y", "z"])
+            assert [message["content"] for message in stored] == ["x", "y", "z"]
+            listed = [message["id"] async for message in client.iter_messages(page_size=1)]
+            assert listed == [m["id"] for m in stored[::-1]] + [sent["id"]]
+            assert (await client.stats())["total"] == 4
+            with pytest.raises(APIError) as missing:
+                await client.get(2**40)
+            assert missing.value.status == 404
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_server_is_retried_after_its_retry_after(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """503 with Retry-After: 1 while another program holds the SQLite write lock."""
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    env = stack_environment(url, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1")
+    web, port = start_web(env, tmp_path, workers=1)
+    holder = sqlite3.connect(make_url(url).database, isolation_level=None)
+    caplog.set_level(logging.INFO, logger="n3hub_client")
+    results: list[object] = []
+    try:
+        with Client(f"http://127.0.0.1:{port}") as client:
+            holder.execute("BEGIN IMMEDIATE")
+            sender = threading.Thread(target=lambda: results.append(client.send("patient")))
+            sender.start()
+            wait_for(lambda: "503, retrying in 1.00 s" in caplog.text, what="a 503 retry")
+            holder.execute("ROLLBACK")
+            sender.join(timeout=30)
+            assert [message["content"] for message in results] == ["patient"]  # type: ignore[index]
+            assert client.stats()["total"] == 1
+    finally:
+        holder.close()
+        web.stop()
+
+
+def test_settings_come_from_flags_then_environment_then_the_checkout(tmp_path: Path) -> None:
+    nested = tmp_path / "repo" / "app" / "deep"
+    nested.mkdir(parents=True)
+    assert dev_api_key(nested) is None
+    (tmp_path / "repo" / "instance").mkdir()
+    (tmp_path / "repo" / "instance" / "dev-api-key").write_text("dev-key\n")
+    assert dev_api_key(nested) == "dev-key"
+    assert api_key(None, {}, nested) == "dev-key"
+    assert api_key(None, {"N3HUB_API_KEY": "env-key"}, nested) == "env-key"
+    assert api_key("flag-key", {"N3HUB_API_KEY": "env-key"}, nested) == "flag-key"
+    assert server_url(None, {}) == "http://127.0.0.1:5000"
+    assert server_url(None, {"N3HUB_URL": "http://n3hub:80"}) == "http://n3hub:80"
