@@ -12,6 +12,7 @@ of their own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -336,6 +337,17 @@ def isolated_app(isolated_env: dict[str, str]) -> Iterator[Flask]:
     with app.app_context():
         yield app
         db.engine.dispose()
+
+
+@contextlib.contextmanager
+def sqlite_web(tmp_path: Path, redis_url: str, **settings: str) -> Iterator[tuple[str, str]]:
+    """Gunicorn (one process, no worker) on a new SQLite database: its URL and the database's."""
+    database_url = f"sqlite:///{tmp_path / 'web.db'}"
+    web, port = start_web(stack_environment(database_url, redis_url, **settings), tmp_path, 1)
+    try:
+        yield f"http://127.0.0.1:{port}", database_url
+    finally:
+        web.stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from flask import Flask
 
 from app import create_app
 from app.config import load_config
-from tests.conftest import database_scalar, reset_database, stack_environment, start_web
+from tests.conftest import database_scalar, reset_database, sqlite_web, stack_environment
 from tests.support.processes import RedisServer, free_port
 
 N3HUB = str(Path(sys.executable).parent / "n3hub")
@@ -111,11 +111,13 @@ def test_an_unreachable_server_is_exit_5() -> None:
     assert "n3hub: " in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_wait_timeout_is_exit_6(url: str) -> None:
-    sent = n3hub_json(url, "send", "sleep:3 slow")
-    done = n3hub(url, "wait", str(sent["id"]), "--timeout", "0.2", "--poll", "0.1")
+def test_wait_timeout_is_exit_6(tmp_path: Path, redis_server: RedisServer) -> None:
+    """No worker serves this stack, so the message stays pending."""
+    with sqlite_web(tmp_path, redis_server.url) as (url, _):
+        sent = n3hub_json(url, "send", "never processed")
+        done = n3hub(url, "wait", str(sent["id"]), "--timeout", "0.2", "--poll", "0.1")
     assert done.returncode == 6
-    assert "still" in done.stderr
+    assert "still pending" in done.stderr
 
 
 def test_send_json_lines_from_stdin(url: str) -> None:
@@ -147,17 +149,13 @@ def test_stats_watch_repeats_until_interrupted(url: str) -> None:
 
 def test_send_of_100000_lines_stores_each_once(tmp_path: Path, redis_server: RedisServer) -> None:
     """A file of 100,000 lines: the progress bar reaches 100 % and every line is stored once."""
-    env = stack_environment(f"sqlite:///{tmp_path / 'big.db'}", redis_server.url)
-    web, port = start_web(env, tmp_path)
     lines = tmp_path / "lines.txt"
     lines.write_text("".join(f"line {n:06d} of the big file\n" for n in range(100_000)))
-    try:
-        done = n3hub(f"http://127.0.0.1:{port}", "send", "--file", str(lines))
-    finally:
-        web.stop()
+    with sqlite_web(tmp_path, redis_server.url) as (url, database):
+        done = n3hub(url, "send", "--file", str(lines))
     assert done.returncode == 0, done.stderr
     assert "100%" in done.stderr and "100000/100000" in done.stderr
     assert "Stored 100000 messages" in done.stdout
-    app = create_app(load_config(env))
+    app = create_app(load_config(stack_environment(database, redis_server.url)))
     assert database_scalar(app, "SELECT count(*) FROM messages") == 100_000
     assert database_scalar(app, "SELECT count(DISTINCT content) FROM messages") == 100_000

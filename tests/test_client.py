@@ -15,7 +15,7 @@ from n3hub_client import APIError, AsyncClient, Client, ConnectionFailed, RetryP
 from n3hub_client.environment import api_key, dev_api_key, server_url
 from sqlalchemy.engine import make_url
 
-from tests.conftest import reset_database, stack_environment, start_web
+from tests.conftest import reset_database, sqlite_web
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer, free_port
 
@@ -103,12 +103,14 @@ def test_errors_carry_the_envelope(client: Client) -> None:
     assert (invalid.value.status, invalid.value.code) == (400, "validation_error")
 
 
-def test_wait_gives_up_at_its_timeout(client: Client) -> None:
-    slow = client.send("sleep:3 slow")
-    with pytest.raises(WaitTimeout) as timeout:
-        client.wait(slow["id"], timeout=0.3, poll=0.1)
-    assert timeout.value.message["id"] == slow["id"]
-    assert timeout.value.message["status"] in {"pending", "processing"}
+def test_wait_gives_up_at_its_timeout(tmp_path: Path, redis_server: RedisServer) -> None:
+    """No worker serves this stack, so the message stays pending."""
+    with sqlite_web(tmp_path, redis_server.url) as (url, _), Client(url) as client:
+        sent = client.send("never processed")
+        with pytest.raises(WaitTimeout) as timeout:
+            client.wait(sent["id"], timeout=0.3, poll=0.1)
+    assert timeout.value.message["id"] == sent["id"]
+    assert timeout.value.message["status"] == "pending"
 
 
 def test_an_unreachable_server_is_a_connection_failure() -> None:
@@ -142,25 +144,24 @@ def test_a_busy_server_is_retried_after_its_retry_after(
     tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """503 with Retry-After: 1 while another program holds the SQLite write lock."""
-    url = f"sqlite:///{tmp_path / 'busy.db'}"
-    env = stack_environment(url, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1")
-    web, port = start_web(env, tmp_path, workers=1)
-    holder = sqlite3.connect(make_url(url).database, isolation_level=None)
     caplog.set_level(logging.INFO, logger="n3hub_client")
     results: list[object] = []
-    try:
-        with Client(f"http://127.0.0.1:{port}") as client:
+    with (
+        sqlite_web(tmp_path, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1") as (url, database),
+        Client(url) as client,
+    ):
+        holder = sqlite3.connect(make_url(database).database, isolation_level=None)
+        try:
             holder.execute("BEGIN IMMEDIATE")
             sender = threading.Thread(target=lambda: results.append(client.send("patient")))
             sender.start()
             wait_for(lambda: "503, retrying in 1.00 s" in caplog.text, what="a 503 retry")
             holder.execute("ROLLBACK")
             sender.join(timeout=30)
-            assert [message["content"] for message in results] == ["patient"]  # type: ignore[index]
-            assert client.stats()["total"] == 1
-    finally:
-        holder.close()
-        web.stop()
+        finally:
+            holder.close()
+        assert [message["content"] for message in results] == ["patient"]  # type: ignore[index]
+        assert client.stats()["total"] == 1
 
 
 def test_settings_come_from_flags_then_environment_then_the_checkout(tmp_path: Path) -> None:
@@ -175,3 +176,14 @@ def test_settings_come_from_flags_then_environment_then_the_checkout(tmp_path: P
     assert api_key("flag-key", {"N3HUB_API_KEY": "env-key"}, nested) == "flag-key"
     assert server_url(None, {}) == "http://127.0.0.1:5000"
     assert server_url(None, {"N3HUB_URL": "http://n3hub:80"}) == "http://n3hub:80"
+
+
+def test_send_many_batches_to_the_maximum_the_server_declares(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with (
+        sqlite_web(tmp_path, redis_server.url, N3HUB_MAX_BATCH_MESSAGES="7") as (url, _),
+        Client(url) as client,
+    ):
+        sizes = [len(chunk) for chunk in client.send_chunks(str(n) for n in range(16))]
+    assert sizes == [7, 7, 2]
