@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from n3hub_client import APIError, AsyncClient, Client, ConnectionFailed, RetryPolicy, WaitTimeout
 from n3hub_client.environment import api_key, dev_api_key, server_url
 from sqlalchemy.engine import make_url
 
-from tests.conftest import reset_database, sqlite_web
+from tests.conftest import WebStack, reset_database, web_stack
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer, free_port
 
@@ -23,9 +22,14 @@ QUICK_RETRIES = RetryPolicy(max_retries=3, max_delay=2.0, backoff=0.01)
 
 
 @pytest.fixture
-def client(app: Flask, web_url: str) -> Iterator[Client]:
-    reset_database(app)
-    with Client(web_url) as client:
+def stack(e2e_stack: WebStack) -> WebStack:
+    reset_database(e2e_stack.app)
+    return e2e_stack
+
+
+@pytest.fixture
+def client(stack: WebStack) -> Iterator[Client]:
+    with Client(stack.url, stack.key) as client:
         yield client
 
 
@@ -51,10 +55,9 @@ def test_sends_without_a_key_are_distinct_messages(client: Client) -> None:
     assert len(ids) == 3
 
 
-def test_send_many_stores_everything_in_order_in_batches(app: Flask, web_url: str) -> None:
-    reset_database(app)
+def test_send_many_stores_everything_in_order_in_batches(stack: WebStack) -> None:
     contents = [f"batch item {n} ✓" for n in range(25)]
-    with Client(web_url, batch_size=7) as client:
+    with Client(stack.url, stack.key, batch_size=7) as client:
         chunks = list(client.send_chunks(iter(contents)))
         assert [len(chunk) for chunk in chunks] == [7, 7, 7, 4]
         stored = [message for chunk in chunks for message in chunk]
@@ -63,10 +66,12 @@ def test_send_many_stores_everything_in_order_in_batches(app: Flask, web_url: st
         assert client.stats()["total"] == 25
 
 
-def test_send_many_halves_a_batch_the_server_finds_too_large(client: Client, web_url: str) -> None:
+def test_send_many_halves_a_batch_the_server_finds_too_large(
+    client: Client, stack: WebStack
+) -> None:
     """A batch over the server's body limit (1 MiB here) is answered 413 and sent in halves."""
     big = ["a" * 400_000, "b" * 400_000, "c" * 400_000]
-    with Client(web_url, chunk_bytes=10 * 2**20) as unbounded:
+    with Client(stack.url, stack.key, chunk_bytes=10 * 2**20) as unbounded:
         stored = unbounded.send_many(big)
     assert [message["content"][0] for message in stored] == ["a", "b", "c"]
     assert client.stats()["total"] == 3
@@ -105,7 +110,10 @@ def test_errors_carry_the_envelope(client: Client) -> None:
 
 def test_wait_gives_up_at_its_timeout(tmp_path: Path, redis_server: RedisServer) -> None:
     """No worker serves this stack, so the message stays pending."""
-    with sqlite_web(tmp_path, redis_server.url) as (url, _), Client(url) as client:
+    with (
+        web_stack(tmp_path, redis_server.url) as stack,
+        Client(stack.url, stack.key) as client,
+    ):
         sent = client.send("never processed")
         with pytest.raises(WaitTimeout) as timeout:
             client.wait(sent["id"], timeout=0.3, poll=0.1)
@@ -121,11 +129,9 @@ def test_an_unreachable_server_is_a_connection_failure() -> None:
         client.stats()
 
 
-def test_async_client_does_what_the_client_does(app: Flask, web_url: str) -> None:
-    reset_database(app)
-
+def test_async_client_does_what_the_client_does(stack: WebStack) -> None:
     async def scenario() -> None:
-        async with AsyncClient(web_url, batch_size=2) as client:
+        async with AsyncClient(stack.url, stack.key, batch_size=2) as client:
             sent = await client.send("async hello")
             assert (await client.wait(sent["id"], timeout=30))["status"] == "completed"
             stored = await client.send_many(["x", "y", "z"])
@@ -147,10 +153,10 @@ def test_a_busy_server_is_retried_after_its_retry_after(
     caplog.set_level(logging.INFO, logger="n3hub_client")
     results: list[object] = []
     with (
-        sqlite_web(tmp_path, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1") as (url, database),
-        Client(url) as client,
+        web_stack(tmp_path, redis_server.url, N3HUB_SQLITE_BUSY_TIMEOUT="0.1") as stack,
+        Client(stack.url, stack.key) as client,
     ):
-        holder = sqlite3.connect(make_url(database).database, isolation_level=None)
+        holder = sqlite3.connect(make_url(stack.database_url).database, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")
             sender = threading.Thread(target=lambda: results.append(client.send("patient")))
@@ -182,8 +188,19 @@ def test_send_many_batches_to_the_maximum_the_server_declares(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     with (
-        sqlite_web(tmp_path, redis_server.url, N3HUB_MAX_BATCH_MESSAGES="7") as (url, _),
-        Client(url) as client,
+        web_stack(tmp_path, redis_server.url, N3HUB_MAX_BATCH_MESSAGES="7") as stack,
+        Client(stack.url, stack.key) as client,
     ):
         sizes = [len(chunk) for chunk in client.send_chunks(str(n) for n in range(16))]
     assert sizes == [7, 7, 2]
+
+
+def test_every_call_presents_the_key_and_a_refusal_is_an_api_error(stack: WebStack) -> None:
+    with Client(stack.url, "not-a-key", retry=QUICK_RETRIES) as stranger:
+        with pytest.raises(APIError) as refused:
+            stranger.stats()
+        assert (refused.value.status, refused.value.code) == (401, "unauthorized")
+        with pytest.raises(APIError):
+            list(stranger.send_chunks(["x"]))
+    with Client(stack.url, stack.key) as client:
+        assert client.stats()["total"] == 0

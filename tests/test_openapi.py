@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 from app import create_app
 from app.config import load_config
 from app.extensions import db
-from tests.conftest import stack_environment
+from tests.conftest import keyed_client, stack_environment
 from tests.support.processes import RedisServer
 
 UNDOCUMENTED = {"static", "docs.show", "openapi.get_openapi"}
@@ -109,7 +109,7 @@ def test_the_declared_limits_are_the_servers_settings(small_app: Flask) -> None:
 
 
 def test_the_declarations_validate_what_they_describe(small_app: Flask) -> None:
-    client = small_app.test_client()
+    client = keyed_client(small_app)
     too_many = {"messages": [{"content": "x"}] * 8}
     response = client.post("/messages/batch", json=too_many)
     assert response.status_code == 400

@@ -1,4 +1,4 @@
-"""The HTTP API: message endpoints, health probes, OpenAPI and docs, the error envelope, the guard."""
+"""The HTTP API: messages, probes, OpenAPI and docs, the JSON error envelope and the guard."""
 
 from flask import Flask
 

@@ -279,13 +279,17 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
             "get": {
                 "operationId": "getMetrics",
                 "summary": "Prometheus metrics, in Prometheus's text format",
+                "description": "With N3HUB_METRICS_TOKEN set, it is the bearer token this "
+                "needs; without one, open in development, an admin key in production.",
                 "tags": ["health"],
+                "security": [{SECURITY_SCHEME: []}, {}],
                 "responses": {
                     "200": {
                         "description": "The metrics.",
                         "headers": _headers(),
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_errors(401, 403),
                 },
             }
         },
@@ -294,6 +298,7 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 "operationId": "getOpenAPI",
                 "summary": "This document",
                 "tags": ["health"],
+                "security": [],
                 "responses": {
                     "200": {
                         "description": "The OpenAPI 3.1 document.",
@@ -352,6 +357,7 @@ def build_document(config: dict[str, Any]) -> dict[str, Any]:
             'has one shape: `{"error": {"code", "message", "details"}}`.',
         },
         "servers": [{"url": "/"}],
+        "security": [{SECURITY_SCHEME: []}],
         "tags": [
             {"name": "messages", "description": "Submit messages and follow their processing."},
             {"name": "health", "description": "Probes for orchestrators; no key needed."},
@@ -363,7 +369,8 @@ def build_document(config: dict[str, Any]) -> dict[str, Any]:
                 SECURITY_SCHEME: {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key: `Authorization: Bearer <key>`.",
+                    "description": "An API key: `Authorization: Bearer <key>` (`flask keys "
+                    "create`; `make run` writes a development key to instance/dev-api-key).",
                 }
             },
             "parameters": {
