@@ -9,9 +9,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from n3hub_client import APIError, AsyncClient, Client, ConnectionFailed, RetryPolicy, WaitTimeout
 from n3hub_client.environment import api_key, dev_api_key, server_url
+from n3hub_client.protocol import Call
 from sqlalchemy.engine import make_url
 
 from tests.conftest import WebStack, reset_database, web_stack
@@ -204,3 +206,19 @@ def test_every_call_presents_the_key_and_a_refusal_is_an_api_error(stack: WebSta
             list(stranger.send_chunks(["x"]))
     with Client(stack.url, stack.key) as client:
         assert client.stats()["total"] == 0
+
+
+def test_the_retry_rule_replays_only_what_is_safe_and_honours_retry_after() -> None:
+    policy = RetryPolicy(max_retries=2, max_delay=5.0, backoff=0.1)
+    broken, refused = httpx.ReadError("reset"), httpx.ConnectError("refused")
+    batch = Call("POST", "/messages/batch", headers={"Idempotency-Key": "k"})
+    send = Call("POST", "/messages", headers={"Idempotency-Key": "k"}, idempotent=True)
+    assert policy.delay(Call("GET", "/messages"), broken, 0) == 0.1
+    assert policy.delay(send, broken, 1) == 0.2
+    assert policy.delay(batch, broken, 0) is None  # it may have been stored
+    assert policy.delay(batch, refused, 0) == 0.1  # it was not sent
+    assert policy.delay(send, broken, 2) is None  # retries used up
+    assert policy.delay(batch, httpx.Response(429, headers={"Retry-After": "3"}), 0) == 3.0
+    assert policy.delay(batch, httpx.Response(503, headers={"Retry-After": "60"}), 0) == 5.0
+    assert policy.delay(batch, httpx.Response(503), 1) == 0.2
+    assert policy.delay(batch, httpx.Response(500), 0) is None

@@ -88,7 +88,9 @@ class Operations:
         """Store one message under an idempotency key (a new one when none is given)."""
         key = idempotency_key or new_idempotency_key()
         headers = {IDEMPOTENCY_HEADER: key}
-        return self._answer(Call("POST", "/messages", json={"content": content}, headers=headers))
+        body = {"content": content}
+        call = Call("POST", "/messages", json=body, headers=headers, idempotent=True)
+        return self._answer(call)
 
     def send_chunks(self, contents: Iterable[str]) -> Operation:
         """Store ``contents`` in batches; emit each batch's stored messages as it is answered."""
@@ -98,9 +100,10 @@ class Operations:
 
     def _send_chunk(self, chunk: list[str]) -> Operation:
         body = {"messages": [{"content": content} for content in chunk]}
-        call = Call(
-            "POST", BATCH_PATH, json=body, headers={IDEMPOTENCY_HEADER: new_idempotency_key()}
-        )
+        # Sent with a key, but not idempotent=True: a server that ignores the key on
+        # batches would store a batch resent after a broken connection twice.
+        headers = {IDEMPOTENCY_HEADER: new_idempotency_key()}
+        call = Call("POST", BATCH_PATH, json=body, headers=headers)
         try:
             stored = yield from self._json(call)
         except APIError as error:

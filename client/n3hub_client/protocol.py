@@ -37,11 +37,12 @@ class Call:
     params: dict[str, str] | None = None
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = False
 
     @property
     def replayable(self) -> bool:
         """Whether sending it twice has the effect of sending it once."""
-        return self.method == "GET" or IDEMPOTENCY_HEADER in self.headers
+        return self.method == "GET" or self.idempotent
 
     def build(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """The request for ``http``, whose base URL and headers it inherits."""
@@ -101,7 +102,7 @@ class RetryPolicy:
     429 and 503 answers are retried after their ``Retry-After`` (capped at
     ``max_delay``), else after an exponential backoff from ``backoff``. A refused
     connection is retried for any call, a broken one only for calls that are safe
-    to replay (GETs, and POSTs carrying an ``Idempotency-Key``).
+    to replay (GETs, and POSTs the server deduplicates by ``Idempotency-Key``).
     """
 
     max_retries: int = 5
