@@ -158,6 +158,7 @@ def test_stats_watch_repeats_until_interrupted(sh: Shell) -> None:
     assert json.loads(first)["total"] == json.loads(second)["total"] == 0
 
 
+@pytest.mark.slow
 def test_send_of_100000_lines_stores_each_once(tmp_path: Path, redis_server: RedisServer) -> None:
     """A file of 100,000 lines: the progress bar reaches 100 % and every line is stored once."""
     lines = tmp_path / "lines.txt"

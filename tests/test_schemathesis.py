@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.config import PROJECT_ROOT
 from tests.conftest import WebStack, reset_database
 
@@ -21,6 +23,7 @@ SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 CONFIG = PROJECT_ROOT / "tests" / "schemathesis.toml"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing(e2e_stack: WebStack, tmp_path: Path) -> None:
     reset_database(e2e_stack.app)
     argv = [
