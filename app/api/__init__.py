@@ -1,15 +1,17 @@
-"""The HTTP API: messages, operator actions, health probes, the JSON error envelope, the guard."""
+"""The HTTP API: messages, operator actions, probes, OpenAPI and docs, errors, the guard."""
 
 from flask import Flask
 
-from app.api import errors, fast_ingest, guard, health, messages, operations
+from app.api import docs, errors, fast_ingest, guard, health, messages, openapi, operations
 
 
 def init_app(app: Flask) -> None:
-    """Register the API's blueprints, error handlers, the fast path and the guard before both."""
+    """Register blueprints, the API's description and docs, error handlers, fast path and guard."""
     errors.init_app(app)
     app.register_blueprint(messages.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
+    openapi.init_app(app)
+    docs.init_app(app)
     fast_ingest.init_app(app)
     guard.init_app(app)

@@ -33,13 +33,15 @@ from flask import Flask
 
 from app.api.errors import APIError
 from app.api.guard import PRINCIPAL_ENVIRON
-from app.api.messages import location, message_out
-from app.api.payloads import (
+from app.api.messages import location
+from app.api.payloads import JSON_MIMETYPE
+from app.api.schemas import (
     IDEMPOTENCY_HEADER,
-    JSON_MIMETYPE,
-    SCHEDULE_FIELDS,
-    message_content,
-    parse_json_object,
+    MESSAGE,
+    MessageIn,
+    json_bytes,
+    message_out,
+    parse_body,
 )
 from app.logs import REQUEST_ID_HEADER, request_id_for
 from app.metrics import record_request, time_request_from
@@ -86,17 +88,20 @@ class FastIngest:
             return self._flask(environ, start_response)
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)
-        content = _plain_content(body)
-        if content is None:
+        try:
+            message = parse_body(MessageIn, body)
+        except APIError:
+            message = None
+        if message is None or message.scheduled:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)
         with self._app.app_context():
             try:
-                row = self._app.extensions["group_commit"].create(content)
+                row = self._app.extensions["group_commit"].create(message.content)
             except Exception as error:
                 return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()
-        payload = f"{self._app.json.dumps(message_out(row), separators=(',', ':'))}\n".encode()
+        payload = json_bytes(MESSAGE, message_out(row))
         request_id = request_id_for(environ.get(_REQUEST_ID))
         start_response(
             "201 CREATED",
@@ -156,16 +161,6 @@ def request_hooks(app: Flask) -> set[str]:
         if scope in scopes
         for hook in hooks
     }
-
-
-def _plain_content(body: bytes) -> str | None:
-    """The content of a valid body that asks for nothing else; None sends it to Flask."""
-    try:
-        fields = parse_json_object(body)
-        content = message_content(fields)
-    except APIError:
-        return None
-    return None if any(name in fields for name in SCHEDULE_FIELDS) else content
 
 
 def init_app(app: Flask) -> None:

@@ -5,20 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from app import lifecycle, queries
 from app.api.errors import APIError
-from app.api.payloads import (
+from app.api.payloads import json_body, json_response, request_idempotency_key
+from app.api.schemas import (
     IDEMPOTENCY_HEADER,
     MAX_ID,
-    batch_items,
-    delivery_time,
-    idempotency_key,
-    json_object,
-    message_content,
-    positive_int,
-    status_filter,
+    MESSAGE,
+    MESSAGE_LIST,
+    MESSAGE_PAGE,
+    STATS,
+    MessageIn,
+    batch_in,
+    list_query,
+    message_out,
+    parse_query,
 )
 from app.auth.access import requires
 from app.auth.keys import Scope
@@ -26,28 +29,6 @@ from app.lifecycle import IdempotencyKeyReused, IdempotentMessageGone, Idempoten
 from app.models import MessageStatus
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
-
-PUBLIC_FIELDS = (
-    "id",
-    "status",
-    "content",
-    "attempts",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "completed_at",
-    "deliver_at",
-    "last_error",
-    "result",
-)
-
-
-def message_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The public JSON shape of a message row."""
-    return {
-        field: row[field].isoformat() if isinstance(row[field], datetime) else row[field]
-        for field in PUBLIC_FIELDS
-    }
 
 
 def location(root_path: str, message_id: int) -> str:
@@ -79,17 +60,17 @@ def wrong_status(current: dict[str, Any], action: str, required: MessageStatus) 
 
 @bp.post("")
 @requires(Scope.SUBMIT)
-def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
+def create_message() -> Response:
     """Store a message; it is committed before this answers, then queued for processing.
 
     ``deliver_at`` or ``delay_seconds`` holds it back until then. A repeated
     ``Idempotency-Key`` with the same content answers 200 with the first
     request's message and writes nothing.
     """
-    body = json_object(request)
-    content = message_content(body)
-    deliver_at = delivery_time(body)
-    key = idempotency_key(request)
+    message = json_body(request, MessageIn)
+    deliver_at = message.delivery_time()
+    content = message.content
+    key = request_idempotency_key(request)
     idempotency = (
         IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"]) if key is not None else None
     )
@@ -99,9 +80,11 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
         row, created = _create_one(content, idempotency, deliver_at)
     url = location(request.root_path, row["id"])
     if not created:
-        return message_out(row), 200, {"Location": url, "Idempotent-Replayed": "true"}
+        return json_response(
+            MESSAGE, message_out(row), 200, {"Location": url, "Idempotent-Replayed": "true"}
+        )
     current_app.extensions["drain_requests"].request_soon()
-    return message_out(row), 201, {"Location": url}
+    return json_response(MESSAGE, message_out(row), 201, {"Location": url})
 
 
 def _create_one(
@@ -128,52 +111,57 @@ def _create_one(
 
 @bp.post("/batch")
 @requires(Scope.SUBMIT)
-def create_messages() -> tuple[dict[str, Any], int]:
+def create_messages() -> Response:
     """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none."""
-    contents, deliveries = batch_items(
-        json_object(request), current_app.config["MAX_BATCH_MESSAGES"]
+    maximum = current_app.config["MAX_BATCH_MESSAGES"]
+    batch = json_body(request, batch_in(maximum), maximum)
+    rows = lifecycle.create_messages(
+        [message.content for message in batch.messages],
+        [message.delivery_time() for message in batch.messages],
     )
-    rows = lifecycle.create_messages(contents, deliveries)
     current_app.extensions["drain_requests"].request_soon()
-    return {"messages": [message_out(row) for row in rows]}, 201
+    return json_response(MESSAGE_LIST, {"messages": [message_out(row) for row in rows]}, 201)
 
 
 @bp.get("")
 @requires(Scope.READ)
-def list_messages() -> dict[str, Any]:
+def list_messages() -> Response:
     """Messages newest first, one page at a time; ``?status=`` filters."""
     config = current_app.config
-    limit = positive_int(request.args, "limit", config["PAGE_SIZE"], config["MAX_PAGE_SIZE"])
-    cursor = positive_int(request.args, "cursor", None, MAX_ID)
-    page = queries.list_messages(limit, cursor, status_filter(request.args))
-    return {
-        "messages": [message_out(row) for row in page.messages],
-        "limit": limit,
-        "next_cursor": str(page.next_cursor) if page.next_cursor is not None else None,
-    }
+    query = parse_query(list_query(config["PAGE_SIZE"], config["MAX_PAGE_SIZE"]), request.args)
+    page = queries.list_messages(query.limit, query.cursor, query.status)
+    cursor = str(page.next_cursor) if page.next_cursor is not None else None
+    return json_response(
+        MESSAGE_PAGE,
+        {
+            "messages": [message_out(row) for row in page.messages],
+            "limit": query.limit,
+            "next_cursor": cursor,
+        },
+    )
 
 
 @bp.get("/stats")
 @requires(Scope.READ)
-def get_stats() -> dict[str, int]:
+def get_stats() -> Response:
     """Counts by status; ``total`` is their sum."""
-    return queries.message_stats()
+    return json_response(STATS, queries.message_stats())
 
 
 @bp.get("/<int:message_id>")
 @requires(Scope.READ)
-def get_message(message_id: int) -> dict[str, Any]:
+def get_message(message_id: int) -> Response:
     """One message with its processing facts."""
-    return message_out(existing(message_id))
+    return json_response(MESSAGE, message_out(existing(message_id)))
 
 
 @bp.post("/<int:message_id>/retry")
 @requires(Scope.ADMIN)
-def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
+def retry_message(message_id: int) -> Response:
     """Put a failed message back to pending; 409 for any other status."""
     current = existing(message_id)
     row = lifecycle.retry_failed(message_id)
     if row is None:
         raise wrong_status(current, "retried", MessageStatus.FAILED)
     current_app.extensions["drain_requests"].request_soon()
-    return message_out(row), 202
+    return json_response(MESSAGE, message_out(row), 202)

@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+from pydantic import ValidationError
 
 from app import lifecycle, queries
-from app.api.errors import APIError
-from app.api.payloads import MAX_ID, MAX_REDRIVE, rfc3339
+from app.api.schemas import MAX_ID, MAX_REDRIVE, RedriveIn
 from app.auth.access import Access, requires
 from app.auth.keys import Scope, find_active, hash_key
 from app.console import session
@@ -199,6 +199,6 @@ def _since_field() -> datetime:
     if len(raw) == len("2026-11-30T12:00"):
         raw += ":00Z"
     try:
-        return rfc3339(raw, "since")
-    except APIError as error:
-        raise Refused(400, error.message) from None
+        return RedriveIn.model_validate({"since": raw}).since
+    except ValidationError as error:
+        raise Refused(400, f"'since' {error.errors()[0]['msg']}.") from None
