@@ -219,15 +219,21 @@ def claim_batch(limit: int, lease_seconds: float) -> list[ClaimedMessage]:
     return claimed
 
 
-def _due(*, retried: bool, now: Any) -> Select[tuple[int]]:
-    """Ids of pending messages whose time has come, oldest first: first tries or retried ones."""
+def _due(*, retried: bool, now: Any, worker_lost: bool | None = None) -> Select[tuple[int]]:
+    """Ids of pending messages whose time has come, oldest first: first tries or retried ones.
+
+    ``worker_lost`` narrows retried ones to those whose last attempt lost its worker, or not.
+    """
+    conditions = [
+        Message.status == PENDING,
+        Message.attempts > 0 if retried else Message.attempts < 1,
+        Message.available_at <= now,
+    ]
+    if worker_lost is not None:
+        conditions.append(Message.worker_lost == worker_lost)
     return (
         select(Message.id)
-        .where(
-            Message.status == PENDING,
-            Message.attempts > 0 if retried else Message.attempts < 1,
-            Message.available_at <= now,
-        )
+        .where(*conditions)
         # In the order of ix_messages_status_attempts_id, and with a range on attempts
         # ("< 1", not "= 0", which would reduce the order to id alone): only that index
         # gives this order without a sort, so PostgreSQL keeps to it even when its
@@ -238,11 +244,11 @@ def _due(*, retried: bool, now: Any) -> Select[tuple[int]]:
     )
 
 
-def _claim_statement(*, retried: bool) -> Update:
+def _claim_statement(*, retried: bool, worker_lost: bool | None = None) -> Update:
     """The claim UPDATE, built once: each call only binds ``m_now``, ``m_limit``, ``m_lease``."""
     now = bindparam("m_now", type_=UTCDateTime())
     due = (
-        _due(retried=retried, now=now)
+        _due(retried=retried, now=now, worker_lost=worker_lost)
         .limit(bindparam("m_limit"))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
     )
@@ -255,6 +261,7 @@ def _claim_statement(*, retried: bool) -> Update:
             started_at=now,
             updated_at=now,
             lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
+            worker_lost=False,
         )
         .returning(Message.id, Message.content, Message.attempts, Message.created_at)
     )
@@ -262,16 +269,60 @@ def _claim_statement(*, retried: bool) -> Update:
 
 _claim_retried = _claim_statement(retried=True)
 _claim_new = _claim_statement(retried=False)
+_claim_after_lost_worker = _claim_statement(retried=True, worker_lost=True)
+_claim_retried_safely = _claim_statement(retried=True, worker_lost=False)
 
 
 def _claim(
     connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
 ) -> list[ClaimedMessage]:
-    rows = connection.execute(
-        _claim_retried if retried else _claim_new,
-        {"m_now": now, "m_limit": limit, "m_lease": lease_until},
+    return _claim_with(
+        connection, _claim_retried if retried else _claim_new, now, lease_until, limit
     )
+
+
+def _claim_with(
+    connection: Connection, statement: Update, now: datetime, lease_until: datetime, limit: int
+) -> list[ClaimedMessage]:
+    rows = connection.execute(statement, {"m_now": now, "m_limit": limit, "m_lease": lease_until})
     return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim_messages` took, and what it saw waiting."""
+
+    messages: list[ClaimedMessage]
+    # The one message's last attempt lost its worker: run it with nothing else in flight.
+    alone: bool = False
+    # Such a message is due, so nothing was claimed: let the messages in flight end, then claim.
+    alone_waiting: bool = False
+
+
+def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
+    """Claim up to ``limit`` due messages for a worker's free slots, retried ones first.
+
+    A message whose last attempt lost its worker may be what killed it: only an
+    ``idle`` worker (nothing in flight) claims it, alone; a busy one is told it waits.
+    """
+    now = utcnow()
+    lease_until = now + timedelta(seconds=lease_seconds)
+    with write_transaction() as connection:
+        if idle:
+            lone = _claim_with(connection, _claim_after_lost_worker, now, lease_until, 1)
+            if lone:
+                tallies.apply(connection, {PENDING: -1, PROCESSING: 1})
+                return Claim(lone, alone=True)
+        else:
+            lone_due = _due(retried=True, now=now, worker_lost=True).limit(1)
+            if connection.execute(lone_due).first() is not None:
+                return Claim([], alone_waiting=True)
+        claimed = _claim_with(connection, _claim_retried_safely, now, lease_until, limit)
+        if len(claimed) < limit:
+            claimed += _claim_with(connection, _claim_new, now, lease_until, limit - len(claimed))
+        if claimed:
+            tallies.apply(connection, {PENDING: -len(claimed), PROCESSING: len(claimed)})
+    return Claim(claimed)
 
 
 def _record_outcome(status: MessageStatus, **values: Any) -> Update:
@@ -300,6 +351,9 @@ _complete = _record_outcome(
 _fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bindparam("m_now"))
 _retry_later = _record_outcome(
     PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
+)
+_take_back_from_lost_worker = _record_outcome(
+    PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_now"), worker_lost=True
 )
 _OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
 
@@ -373,6 +427,30 @@ def extend_leases(messages: list[ClaimedMessage], lease_seconds: float) -> None:
         )
 
 
+def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
+    """Give claims still held back to ``pending`` at once (a worker stopping); return how many.
+
+    The attempt stays counted: a message that outlasts every shutdown still ends ``failed``.
+    """
+    if not messages:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "m_id": m.id,
+            "m_attempts": m.attempts,
+            "m_error": reason,
+            "m_now": now,
+            "m_available": now,
+        }
+        for m in sorted(messages, key=lambda message: message.id)
+    ]
+    with write_transaction() as connection:
+        released = connection.execute(_retry_later, rows).rowcount
+        tallies.apply(connection, _ended_claims({PENDING: released}))
+    return released
+
+
 def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[str]:
     """Take back claims whose lease ran out: to ``pending``, or ``failed`` when out of attempts.
 
@@ -396,7 +474,7 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
                 connection.execute(_fail, [claim])
                 recovered[FAILED] += 1
             else:
-                connection.execute(_retry_later, [{**claim, "m_available": now}])
+                connection.execute(_take_back_from_lost_worker, [claim])
                 recovered[PENDING] += 1
         deltas = _ended_claims(recovered)
         deltas[tallies.RECOVERIES] += len(expired)
@@ -421,7 +499,14 @@ def retry_failed(message_id: int) -> dict[str, Any] | None:
         row = connection.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == FAILED)
-            .values(status=PENDING, attempts=0, available_at=now, updated_at=now, completed_at=None)
+            .values(
+                status=PENDING,
+                attempts=0,
+                available_at=now,
+                updated_at=now,
+                completed_at=None,
+                worker_lost=False,
+            )
             .returning(*Message.__table__.columns)
         ).one_or_none()
         if row is not None:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Index,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -74,6 +76,11 @@ class Message(db.Model):
     # While processing: when the claim lapses and the recovery sweep may take the message back.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The last attempt ended with its worker lost (a crash, a kill): the message may be what
+    # killed it, so its next attempt runs with no other message in flight beside it.
+    worker_lost: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     result: Mapped[Any | None] = mapped_column(JSON)
 
     __table_args__ = (

@@ -19,7 +19,7 @@ from flask import Flask
 from app import lifecycle
 from app.extensions import db
 from app.metrics import WORKER_HEARTBEAT
-from app.worker.drain import ProcessingSettings
+from app.worker.settings import ProcessingSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,26 @@
+"""Mark messages whose last attempt lost its worker, so they run alone next time.
+
+Revision ID: concurrency_0001
+Revises: 0002
+Create Date: 2026-11-30
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "concurrency_0001"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("messages") as batch:
+        batch.add_column(
+            sa.Column("worker_lost", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("worker_lost")
