@@ -3,11 +3,12 @@
 A drain keeps the process's slots (:mod:`app.worker.pipeline`) full: it claims
 as many due messages as there are free slots, starts them, and claims again as
 slots free up. Claims adapt to the load: a quiet system yields claims of one,
-started as soon as they arrive; a steady flow would make a drain claim a few
-messages at a time, each claim a transaction that competes with the web's for
-the write lock, so after a claim of several that did not fill the free slots
-the next waits until ``N3HUB_CLAIM_GATHER_SECONDS`` after it. A claim that
-fills its slots asks for one more drain, so that idle processes join in.
+started as soon as they arrive. Under load, claiming whenever one slot frees
+would take a few messages at a time, each claim a transaction that competes
+with the web's for the write lock; so after a claim of several the next waits
+until ``N3HUB_CLAIM_GATHER_SECONDS`` after it, or until a full claim's worth of
+slots is free. A full claim asks for one more drain, so that idle processes
+join in.
 
 A message whose last attempt lost its worker is claimed only when nothing else
 is in flight in this process, and runs alone: if it kills the process again,
@@ -87,6 +88,7 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
     next_claim_at = 0.0
     run_alone = False
     handled = 0
+    full_claim = min(settings.claim_size, pipeline.capacity)
     while True:
         now = time.monotonic()
         if now >= deadline:
@@ -98,12 +100,16 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
             signals.hold()
             marker_held_at = now
         wait = min(deadline, marker_held_at + MARKER_REFRESH_SECONDS) - now
-        if next_claim_at > now:
-            time.sleep(min(next_claim_at - now, wait))
-            continue
-        if run_alone and not pipeline.wait_until_idle(wait):
-            continue
-        free = pipeline.wait_for_free_slots(wait)
+        if run_alone:
+            if not pipeline.wait_until_idle(wait):
+                continue
+            free = pipeline.capacity
+        elif next_claim_at > now:
+            free = pipeline.wait_for_free_slots(min(next_claim_at - now, wait), full_claim)
+            if free < full_claim:
+                continue
+        else:
+            free = pipeline.wait_for_free_slots(wait)
         if pipeline.broken:
             signals.release()
             return handled
@@ -132,9 +138,9 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
             signals.hold()
             marker_held_at = time.monotonic()
             continue
-        if len(claim.messages) == wanted and not claim.alone:
+        if len(claim.messages) == full_claim:
             signals.request_help()
-        gather = 1 < len(claim.messages) < wanted
+        gather = len(claim.messages) > 1
         next_claim_at = claimed_at + settings.gather_seconds if gather else 0.0
 
 

@@ -77,7 +77,10 @@ class Pipeline:
         self._runner = runner
         self._record = record
         self._exit_process = exit_process
-        self._changed = threading.Condition()
+        lock = threading.Lock()
+        self._slot_freed = threading.Condition(lock)  # the drain waits on it for free slots
+        self._writer_wanted = threading.Condition(lock)  # the writer waits on it for work
+        self._slots_awaited = settings.concurrency + 1  # free slots the drain waits for
         self._running: dict[Key, _Run] = {}
         self._ended: list[Outcome] = []
         self._abandoned: set[Key] = set()
@@ -99,46 +102,51 @@ class Pipeline:
         """Too many runs were abandoned: this process claims nothing more."""
         return self._broken
 
-    def wait_for_free_slots(self, timeout: float) -> int:
-        """The number of free slots, once there is one or ``timeout`` seconds have passed."""
-        with self._changed:
-            self._changed.wait_for(self._has_free_slot, max(timeout, 0))
-            return 0 if self._broken or self._stopping else self.capacity - len(self._running)
+    def wait_for_free_slots(self, timeout: float, at_least: int = 1) -> int:
+        """The number of free slots, once ``at_least`` are free or ``timeout`` seconds passed."""
+        with self._slot_freed:
+            self._slots_awaited = at_least
+            self._slot_freed.wait_for(
+                lambda: self._broken or self._stopping or self._free() >= at_least,
+                max(timeout, 0),
+            )
+            self._slots_awaited = self.capacity + 1
+            return 0 if self._broken or self._stopping else self._free()
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Whether nothing is in flight, waiting up to ``timeout`` seconds for that."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._running, max(timeout, 0))
+        return self.wait_for_free_slots(timeout, self.capacity) == self.capacity
 
     def start(self, messages: list[ClaimedMessage]) -> None:
         """Run claimed messages: each takes a slot until its run ends or overruns."""
         deadline = time.monotonic() + self._settings.timeout_seconds
-        with self._changed:
+        with self._writer_wanted:
+            if not self._running:  # else an earlier run's deadline comes first
+                self._writer_wanted.notify()
             for message in messages:
                 self._running[_key(message)] = _Run(message, deadline)
-            self._changed.notify_all()  # the writer's next deadline may be sooner
         WORKER_IN_FLIGHT.inc(len(messages))
         self._runner.start(messages, self._run_ended)
 
     def stop(self) -> None:
         """Let the runs in flight end within the shutdown grace, then give the rest back."""
         grace_seconds = self._settings.shutdown_grace_seconds
-        with self._changed:
+        with self._slot_freed:
             self._stopping = True
-            self._changed.wait_for(lambda: not self._running, grace_seconds)
+            self._slot_freed.wait_for(lambda: not self._running, grace_seconds)
             left = [run.message for run in self._running.values()]
             self._abandon(list(self._running))
-            self._changed.notify_all()
+            self._writer_wanted.notify()
         self._writer.join(timeout=grace_seconds + 5)
         self._give_back(left, "worker stopped during attempt")
         WORKER_SLOTS.dec(self.capacity)
 
-    def _has_free_slot(self) -> bool:
-        return self._broken or self._stopping or len(self._running) < self.capacity
+    def _free(self) -> int:
+        return self.capacity - len(self._running)
 
     def _run_ended(self, message: ClaimedMessage, outcome: Outcome | None) -> None:
         key = _key(message)
-        with self._changed:
+        with self._writer_wanted:
             if key in self._abandoned:
                 self._abandoned.discard(key)
                 WORKER_ABANDONED_RUNS.dec()
@@ -146,7 +154,10 @@ class Pipeline:
             if self._running.pop(key, None) is None or outcome is None:
                 return
             self._ended.append(outcome)
-            self._changed.notify_all()
+            if len(self._ended) == 1:  # with more, the writer already waits to write them
+                self._writer_wanted.notify()
+            if self._free() >= self._slots_awaited or not self._running:
+                self._slot_freed.notify_all()
         WORKER_IN_FLIGHT.dec()
 
     def _abandon(self, keys: list[Key]) -> None:
@@ -155,6 +166,7 @@ class Pipeline:
             run = self._running.pop(key)
             self._abandoned.add(key)
             self._runner.abandon(run.message)
+        self._slot_freed.notify_all()
         WORKER_IN_FLIGHT.dec(len(keys))
         WORKER_ABANDONED_RUNS.inc(len(keys))
 
@@ -163,7 +175,7 @@ class Pipeline:
         renew_at = time.monotonic() + renew_every
         next_write_at = 0.0
         while True:
-            with self._changed:
+            with self._writer_wanted:
                 while True:
                     now = time.monotonic()
                     self._time_out_overruns(now)
@@ -173,11 +185,10 @@ class Pipeline:
                         break
                     if self._stopping and not self._running and not self._ended:
                         return
-                    wake_at = min(
-                        [renew_at, *(run.deadline for run in self._running.values())]
-                        + ([next_write_at] if self._ended else [])
-                    )
-                    self._changed.wait(wake_at - now)
+                    wake_at = min(renew_at, self._earliest_deadline())
+                    if self._ended:
+                        wake_at = min(wake_at, next_write_at)
+                    self._writer_wanted.wait(wake_at - now)
                 outcomes, self._ended = self._ended, []
                 renewing = now >= renew_at
                 held = [run.message for run in self._running.values()]
@@ -191,11 +202,15 @@ class Pipeline:
             if self._broken and self._exit_process is not None:
                 self._shed_abandoned_runs()
 
+    def _earliest_deadline(self) -> float:
+        # Runs are kept in the order they started, and all have the same time limit.
+        return next(iter(self._running.values())).deadline if self._running else float("inf")
+
     def _time_out_overruns(self, now: float) -> None:
         """Turn runs past their deadline into failed attempts (the lock is held)."""
-        overdue = [key for key, run in self._running.items() if run.deadline <= now]
-        if not overdue:
+        if self._earliest_deadline() > now:
             return
+        overdue = [key for key, run in self._running.items() if run.deadline <= now]
         timeout = self._settings.timeout_seconds
         self._ended.extend(timed_out(self._running[key].message, timeout) for key in overdue)
         self._abandon(overdue)
@@ -209,7 +224,6 @@ class Pipeline:
                 self.capacity,
                 " and restarts" if self._exit_process else "; restart the worker",
             )
-            self._changed.notify_all()
 
     def _write(self, outcomes: list[Outcome]) -> None:
         try:
@@ -248,7 +262,7 @@ class Pipeline:
     def _shed_abandoned_runs(self) -> None:
         """Give back what is still running, and exit: the pool starts a fresh process."""
         assert self._exit_process is not None
-        with self._changed:
+        with self._writer_wanted:
             left = [run.message for run in self._running.values()]
             self._abandon(list(self._running))
             ended, self._ended = self._ended, []
