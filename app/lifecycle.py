@@ -202,23 +202,6 @@ def purge_expired_idempotency_keys(limit: int = 1000) -> int:
         ).rowcount
 
 
-def claim_batch(limit: int, lease_seconds: float) -> list[ClaimedMessage]:
-    """Claim due pending messages: a retried one on its own, else up to ``limit`` new ones.
-
-    A retried message may be one that killed its worker; claiming it alone keeps
-    it from taking a batch of healthy messages down with it again.
-    """
-    now = utcnow()
-    lease_until = now + timedelta(seconds=lease_seconds)
-    with write_transaction() as connection:
-        claimed = _claim(connection, now, lease_until, retried=True, limit=1) or _claim(
-            connection, now, lease_until, retried=False, limit=limit
-        )
-        if claimed:
-            tallies.apply(connection, {PENDING: -len(claimed), PROCESSING: len(claimed)})
-    return claimed
-
-
 def _due(*, retried: bool, now: Any, worker_lost: bool | None = None) -> Select[tuple[int]]:
     """Ids of pending messages whose time has come, oldest first: first tries or retried ones.
 
@@ -267,18 +250,9 @@ def _claim_statement(*, retried: bool, worker_lost: bool | None = None) -> Updat
     )
 
 
-_claim_retried = _claim_statement(retried=True)
 _claim_new = _claim_statement(retried=False)
 _claim_after_lost_worker = _claim_statement(retried=True, worker_lost=True)
 _claim_retried_safely = _claim_statement(retried=True, worker_lost=False)
-
-
-def _claim(
-    connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
-) -> list[ClaimedMessage]:
-    return _claim_with(
-        connection, _claim_retried if retried else _claim_new, now, lease_until, limit
-    )
 
 
 def _claim_with(
