@@ -236,7 +236,7 @@ SETTINGS: tuple[Setting, ...] = (
             "how long a claim stays valid without renewal", minimum=1),
     Setting("N3HUB_SWEEP_INTERVAL", "SWEEP_INTERVAL", Kind.SECONDS, 2.0,
             "seconds between recovery sweeps in each worker", minimum=0.05),
-    Setting("N3HUB_PROCESS_CONCURRENCY", "PROCESS_CONCURRENCY", Kind.INTEGER, 200,
+    Setting("N3HUB_PROCESS_CONCURRENCY", "PROCESS_CONCURRENCY", Kind.INTEGER, 500,
             "messages in flight at once in each worker pool process (threads for a plain "
             "processor, tasks on an event loop for an `async def` one); see Processing",
             minimum=1),

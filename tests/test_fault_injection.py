@@ -24,6 +24,11 @@ from app import create_app, tallies
 from app.config import load_config
 from app.database import read_connection
 from app.extensions import db
+from app.wakeups import (
+    DRAIN_HELP_KEY_PREFIX,
+    DRAIN_MARKER_KEY_PREFIX,
+    DRAIN_MARKER_TTL_SECONDS,
+)
 from tests.conftest import (
     DatabaseFactory,
     app_key,
@@ -340,3 +345,17 @@ def test_an_overrun_is_a_failed_attempt_retried_with_backoff(stack: FaultStack) 
     assert (body["status"], body["attempts"]) == ("failed", 2)
     assert body["last_error"] == "TimeoutError: processing took longer than 1s"
     assert statuses_and_attempts(stack, others) == {("completed", 1)}
+
+
+@sqlite_only
+def test_a_drain_marker_without_expiry_stops_nothing(stack: FaultStack) -> None:
+    queue = stack.app.config["TASK_QUEUE"]
+    redis = stack.redis.client()
+    # Left by anything else: no expiry, and a help key with a day's.
+    redis.set(DRAIN_MARKER_KEY_PREFIX + queue, "stuck")
+    redis.set(DRAIN_HELP_KEY_PREFIX + queue, "stuck", ex=86400)
+    stack.start_worker()
+    ids = stack.create([f"behind a stuck marker {i}" for i in range(10)])
+    assert stack.wait_all_completed(10)["completed"] == 10
+    assert {stack.client.get(f"/messages/{i}").get_json()["status"] for i in ids} == {"completed"}
+    assert redis.ttl(DRAIN_HELP_KEY_PREFIX + queue) <= DRAIN_MARKER_TTL_SECONDS

@@ -86,7 +86,7 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
     deadline = time.monotonic() + settings.budget_seconds
     marker_held_at = time.monotonic()
     next_claim_at = 0.0
-    run_alone = False
+    lone_waiting = False
     handled = 0
     full_claim = min(settings.claim_size, pipeline.capacity)
     while True:
@@ -100,7 +100,7 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
             signals.hold()
             marker_held_at = now
         wait = min(deadline, marker_held_at + MARKER_REFRESH_SECONDS) - now
-        if run_alone:
+        if lone_waiting:
             if not pipeline.wait_until_idle(wait):
                 continue
             free = pipeline.capacity
@@ -125,10 +125,10 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
                 idle=free == pipeline.capacity,
             )
         )
-        run_alone = claim.alone or claim.alone_waiting
+        lone_waiting = claim.alone_waiting
         if claim.messages:
             CLAIM_BATCH_SIZE.observe(len(claim.messages))
-            pipeline.start(claim.messages)
+            pipeline.start(claim.messages, alone=claim.alone)
             handled += len(claim.messages)
         elif not claim.alone_waiting:
             signals.release()

@@ -84,6 +84,7 @@ class Pipeline:
         self._running: dict[Key, _Run] = {}
         self._ended: list[Outcome] = []
         self._abandoned: set[Key] = set()
+        self._lone: Key | None = None  # a message that runs with nothing beside it
         self._stopping = False
         self._broken = False
         self.claiming = threading.Lock()  # one drain at a time claims for these slots
@@ -117,10 +118,16 @@ class Pipeline:
         """Whether nothing is in flight, waiting up to ``timeout`` seconds for that."""
         return self.wait_for_free_slots(timeout, self.capacity) == self.capacity
 
-    def start(self, messages: list[ClaimedMessage]) -> None:
-        """Run claimed messages: each takes a slot until its run ends or overruns."""
+    def start(self, messages: list[ClaimedMessage], *, alone: bool = False) -> None:
+        """Run claimed messages: each takes a slot until its run ends or overruns.
+
+        A message started ``alone`` takes every slot while it runs.
+        """
         deadline = time.monotonic() + self._settings.timeout_seconds
         with self._writer_wanted:
+            if alone:
+                [lone] = messages
+                self._lone = _key(lone)
             if not self._running:  # else an earlier run's deadline comes first
                 self._writer_wanted.notify()
             for message in messages:
@@ -142,6 +149,8 @@ class Pipeline:
         WORKER_SLOTS.dec(self.capacity)
 
     def _free(self) -> int:
+        if self._lone is not None and self._lone in self._running:
+            return 0
         return self.capacity - len(self._running)
 
     def _run_ended(self, message: ClaimedMessage, outcome: Outcome | None) -> None:

@@ -2,7 +2,10 @@
 
 Every ``N3HUB_SWEEP_INTERVAL`` seconds it takes back claims whose lease has
 expired (their worker died) and, when due pending work exists (never queued,
-its task lost with Redis, or its retry backoff over), queues a drain. Several
+its task lost with Redis, or its retry backoff over), queues a drain; work due
+since before the previous sweep gets one whatever the drain marker says, and
+the marker's keys get their expiry back if something took it away
+(:mod:`app.wakeups`). Several
 workers sweeping at once is safe: lease recovery skips rows another transaction
 holds, and a drain request is a no-op while one is queued.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 from celery import bootsteps
 from celery.worker import WorkController
@@ -19,6 +23,7 @@ from flask import Flask
 from app import lifecycle
 from app.extensions import db
 from app.metrics import WORKER_HEARTBEAT
+from app.wakeups import DrainRequests
 from app.worker.settings import ProcessingSettings
 
 log = logging.getLogger(__name__)
@@ -33,8 +38,14 @@ def sweep_once(app: Flask) -> None:
         if recovered:
             log.warning("recovered stranded messages: %s", dict(recovered))
         lifecycle.purge_expired_idempotency_keys()
+        requests: DrainRequests = app.extensions["drain_requests"]
+        requests.repair()
         if lifecycle.pending_work_due():
-            app.extensions["drain_requests"].request()
+            requests.request()
+            # Due since before the last sweep: whatever holds the marker is not taking it.
+            overdue_since = lifecycle.utcnow() - timedelta(seconds=app.config["SWEEP_INTERVAL"])
+            if lifecycle.pending_work_due(overdue_since):
+                requests.request_help()
 
 
 class RecoveryStep(bootsteps.StartStopStep):

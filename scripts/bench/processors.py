@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
-from app.lifecycle import ClaimedMessage
+if TYPE_CHECKING:  # the Celery baseline imports this module without the app
+    from app.lifecycle import ClaimedMessage
 
 WAIT_SECONDS = 0.05
 SLOW_SECONDS = 5.0
