@@ -1,7 +1,7 @@
 """Mark messages whose last attempt lost its worker, so they run alone next time.
 
 Revision ID: concurrency_0001
-Revises: 0002
+Revises: security_0001
 Create Date: 2026-11-30
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "concurrency_0001"
-down_revision = "0002"
+down_revision = "security_0001"
 branch_labels = None
 depends_on = None
 
