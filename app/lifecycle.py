@@ -28,6 +28,9 @@ from app.database import driver_write_transaction, read_connection, write_transa
 from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
+# A message that lost its worker this often may be what kills it: it runs alone from then on.
+# Once is not enough: a crash strands every message in flight beside the culprit.
+RUN_ALONE_AFTER_WORKER_LOSSES = 2
 PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED
@@ -202,18 +205,21 @@ def purge_expired_idempotency_keys(limit: int = 1000) -> int:
         ).rowcount
 
 
-def _due(*, retried: bool, now: Any, worker_lost: bool | None = None) -> Select[tuple[int]]:
+def _due(*, retried: bool, now: Any, alone: bool | None = None) -> Select[tuple[int]]:
     """Ids of pending messages whose time has come, oldest first: first tries or retried ones.
 
-    ``worker_lost`` narrows retried ones to those whose last attempt lost its worker, or not.
+    ``alone`` narrows retried ones to those that must run alone (they lost their worker
+    ``RUN_ALONE_AFTER_WORKER_LOSSES`` times), or to the others.
     """
     conditions = [
         Message.status == PENDING,
         Message.attempts > 0 if retried else Message.attempts < 1,
         Message.available_at <= now,
     ]
-    if worker_lost is not None:
-        conditions.append(Message.worker_lost == worker_lost)
+    if alone is not None:
+        losses = Message.worker_losses
+        isolate = RUN_ALONE_AFTER_WORKER_LOSSES
+        conditions.append(losses >= isolate if alone else losses < isolate)
     return (
         select(Message.id)
         .where(*conditions)
@@ -227,11 +233,11 @@ def _due(*, retried: bool, now: Any, worker_lost: bool | None = None) -> Select[
     )
 
 
-def _claim_statement(*, retried: bool, worker_lost: bool | None = None) -> Update:
+def _claim_statement(*, retried: bool, alone: bool | None = None) -> Update:
     """The claim UPDATE, built once: each call only binds ``m_now``, ``m_limit``, ``m_lease``."""
     now = bindparam("m_now", type_=UTCDateTime())
     due = (
-        _due(retried=retried, now=now, worker_lost=worker_lost)
+        _due(retried=retried, now=now, alone=alone)
         .limit(bindparam("m_limit"))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
     )
@@ -244,15 +250,14 @@ def _claim_statement(*, retried: bool, worker_lost: bool | None = None) -> Updat
             started_at=now,
             updated_at=now,
             lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
-            worker_lost=False,
         )
         .returning(Message.id, Message.content, Message.attempts, Message.created_at)
     )
 
 
 _claim_new = _claim_statement(retried=False)
-_claim_after_lost_worker = _claim_statement(retried=True, worker_lost=True)
-_claim_retried_safely = _claim_statement(retried=True, worker_lost=False)
+_claim_after_lost_worker = _claim_statement(retried=True, alone=True)
+_claim_retried_safely = _claim_statement(retried=True, alone=False)
 
 
 def _claim_with(
@@ -267,7 +272,7 @@ class Claim:
     """What :func:`claim_messages` took, and what it saw waiting."""
 
     messages: list[ClaimedMessage]
-    # The one message's last attempt lost its worker: run it with nothing else in flight.
+    # The one message lost its worker repeatedly: run it with nothing else in flight.
     alone: bool = False
     # Such a message is due, so nothing was claimed: let the messages in flight end, then claim.
     alone_waiting: bool = False
@@ -276,8 +281,9 @@ class Claim:
 def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
     """Claim up to ``limit`` due messages for a worker's free slots, retried ones first.
 
-    A message whose last attempt lost its worker may be what killed it: only an
-    ``idle`` worker (nothing in flight) claims it, alone; a busy one is told it waits.
+    A message that lost its worker ``RUN_ALONE_AFTER_WORKER_LOSSES`` times may be
+    what killed it: only an ``idle`` worker (nothing in flight) claims it, alone; a
+    busy one is told it waits.
     """
     now = utcnow()
     lease_until = now + timedelta(seconds=lease_seconds)
@@ -288,7 +294,7 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
                 tallies.apply(connection, {PENDING: -1, PROCESSING: 1})
                 return Claim(lone, alone=True)
         else:
-            lone_due = _due(retried=True, now=now, worker_lost=True).limit(1)
+            lone_due = _due(retried=True, now=now, alone=True).limit(1)
             if connection.execute(lone_due).first() is not None:
                 return Claim([], alone_waiting=True)
         claimed = _claim_with(connection, _claim_retried_safely, now, lease_until, limit)
@@ -327,7 +333,10 @@ _retry_later = _record_outcome(
     PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
 )
 _take_back_from_lost_worker = _record_outcome(
-    PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_now"), worker_lost=True
+    PENDING,
+    last_error=bindparam("m_error"),
+    available_at=bindparam("m_now"),
+    worker_losses=Message.worker_losses + 1,
 )
 _OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
 
@@ -479,7 +488,7 @@ def retry_failed(message_id: int) -> dict[str, Any] | None:
                 available_at=now,
                 updated_at=now,
                 completed_at=None,
-                worker_lost=False,
+                worker_losses=0,
             )
             .returning(*Message.__table__.columns)
         ).one_or_none()

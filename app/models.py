@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
     CheckConstraint,
     DateTime,
     Index,
@@ -18,7 +17,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -76,10 +74,10 @@ class Message(db.Model):
     # While processing: when the claim lapses and the recovery sweep may take the message back.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
-    # The last attempt ended with its worker lost (a crash, a kill): the message may be what
-    # killed it, so its next attempt runs with no other message in flight beside it.
-    worker_lost: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, default=False, server_default=false()
+    # Attempts that ended with their worker lost (a crash, a kill). From the second on, the
+    # message may be what killed it: its next attempts run with nothing else in flight.
+    worker_losses: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
     )
     result: Mapped[Any | None] = mapped_column(JSON)
 

@@ -1,4 +1,4 @@
-"""Mark messages whose last attempt lost its worker, so they run alone next time.
+"""Count the attempts of each message that lost their worker, so a repeat offender runs alone.
 
 Revision ID: concurrency_0001
 Revises: security_0001
@@ -17,10 +17,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.add_column(
-            sa.Column("worker_lost", sa.Boolean(), nullable=False, server_default=sa.false())
+            sa.Column("worker_losses", sa.Integer(), nullable=False, server_default="0")
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("messages") as batch:
-        batch.drop_column("worker_lost")
+        batch.drop_column("worker_losses")
