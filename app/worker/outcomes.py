@@ -54,16 +54,15 @@ def timed_out(message: ClaimedMessage, timeout: float) -> Outcome:
 def _ended(message: ClaimedMessage, result: Any, started: float) -> Outcome:
     try:
         json.dumps(result)
-    except (TypeError, ValueError) as error:
-        error = TypeError(f"result is not JSON: {error}")
-        return _failed(message, error, started, permanent=True)
+    except (TypeError, ValueError) as error:  # another attempt would return the same
+        PROCESSING_DURATION.labels(RUN_FAILED).observe(time.perf_counter() - started)
+        reason = f"the processor's result is not JSON: {describe_error(error)}"
+        return Outcome(message, error=reason[:MAX_ERROR_LENGTH], permanent=True)
     PROCESSING_DURATION.labels(RUN_SUCCEEDED).observe(time.perf_counter() - started)
     return Outcome(message, result=result)
 
 
-def _failed(
-    message: ClaimedMessage, error: Exception, started: float, *, permanent: bool = False
-) -> Outcome:
+def _failed(message: ClaimedMessage, error: Exception, started: float) -> Outcome:
     PROCESSING_DURATION.labels(RUN_FAILED).observe(time.perf_counter() - started)
-    permanent = permanent or isinstance(error, PERMANENT_ERRORS)
+    permanent = isinstance(error, PERMANENT_ERRORS)
     return Outcome(message, error=describe_error(error), permanent=permanent)

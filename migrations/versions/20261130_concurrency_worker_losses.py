@@ -1,7 +1,7 @@
 """Count the attempts of each message that lost their worker, so a repeat offender runs alone.
 
 Revision ID: concurrency_0001
-Revises: security_0001
+Revises: hygiene_0001
 Create Date: 2026-11-30
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "concurrency_0001"
-down_revision = "security_0001"
+down_revision = "hygiene_0001"
 branch_labels = None
 depends_on = None
 
