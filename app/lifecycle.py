@@ -29,8 +29,9 @@ from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
 # A message that lost its worker this often may be what kills it: it runs alone from then on.
-# Once is not enough: a crash strands every message in flight beside the culprit.
-RUN_ALONE_AFTER_WORKER_LOSSES = 2
+# Two would let a poison message take the same bystanders down twice, and their attempts
+# with them; one costs a slower recovery after a crash (every stranded message runs alone).
+RUN_ALONE_AFTER_WORKER_LOSSES = 1
 PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED

@@ -129,7 +129,7 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
 ) -> None:
     count = 3000
     # I/O-bound messages, hundreds in flight in each pool process when the kill comes.
-    stack.create([f"sleep:0.2 message {i}" for i in range(count)])
+    stack.create([f"sleep:0.05 message {i}" for i in range(count)])
     first = stack.start_worker()
     wait_for(lambda: stack.stats()["completed"] >= 300, timeout=60, what="progress")
     first.kill()

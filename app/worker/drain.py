@@ -10,10 +10,9 @@ until ``N3HUB_CLAIM_GATHER_SECONDS`` after it, or until a full claim's worth of
 slots is free. A full claim asks for one more drain, so that idle processes
 join in.
 
-A message that lost its worker twice is claimed only when nothing else is in
-flight in this process, and runs alone: if it kills the process again, it takes
-no healthy message down with it. (Once is not enough to suspect it: a crash
-strands every message in flight beside the one that caused it.)
+A message that lost its worker is claimed only when nothing else is in flight
+in this process, and runs alone: if it kills the process again, it takes no
+healthy message down with it.
 
 While it claims, a drain holds the drain marker (:mod:`app.wakeups`), so the web
 sends no task for the messages it will claim anyway. It ends when a claim finds
