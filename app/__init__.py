@@ -10,7 +10,7 @@ from app import api, auth, console, database, logs, metrics, wakeups
 from app.celery_app import celery_init_app
 from app.config import INSTANCE_DIR, load_config
 from app.ingest import GroupCommit
-from app.worker import drain
+from app.worker import settings as worker_settings
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -22,7 +22,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     logs.init_app(app)
     database.init_app(app)
-    drain.init_app(app)
+    worker_settings.init_app(app)
     celery_init_app(app)
     wakeups.init_app(app)
     app.extensions["group_commit"] = GroupCommit(app.config["COMMIT_GATHER_SECONDS"])

@@ -236,6 +236,16 @@ SETTINGS: tuple[Setting, ...] = (
             "how long a claim stays valid without renewal", minimum=1),
     Setting("N3HUB_SWEEP_INTERVAL", "SWEEP_INTERVAL", Kind.SECONDS, 2.0,
             "seconds between recovery sweeps in each worker", minimum=0.05),
+    Setting("N3HUB_PROCESS_CONCURRENCY", "PROCESS_CONCURRENCY", Kind.INTEGER, 500,
+            "messages in flight at once in each worker pool process (threads for a plain "
+            "processor, tasks on an event loop for an `async def` one); see Processing",
+            minimum=1),
+    Setting("N3HUB_PROCESS_TIMEOUT", "PROCESS_TIMEOUT", Kind.SECONDS, 30.0,
+            "seconds one processor run may take; an overrun is a failed attempt, retried with "
+            "backoff", minimum=0.01),
+    Setting("N3HUB_SHUTDOWN_GRACE", "SHUTDOWN_GRACE", Kind.SECONDS, 10.0,
+            "on a warm shutdown, seconds a pool process waits for its messages in flight "
+            "before giving the rest back to `pending`"),
     Setting("N3HUB_RETENTION_COMPLETED", "RETENTION_COMPLETED", Kind.SECONDS, 7 * 86400.0,
             "seconds a `completed` message is kept after it ended, then deleted by the sweep; "
             "0 keeps it forever", minimum=0, shown_default="604800 (7 days)"),

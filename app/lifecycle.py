@@ -28,6 +28,10 @@ from app.database import driver_write_transaction, read_connection, write_transa
 from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
+# A message that lost its worker this often may be what kills it: it runs alone from then on.
+# Two would let a poison message take the same bystanders down twice, and their attempts
+# with them; one costs a slower recovery after a crash (every stranded message runs alone).
+RUN_ALONE_AFTER_WORKER_LOSSES = 1
 PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED
@@ -214,32 +218,24 @@ def purge_expired_idempotency_keys(limit: int = 1000) -> int:
         ).rowcount
 
 
-def claim_batch(limit: int, lease_seconds: float) -> list[ClaimedMessage]:
-    """Claim due pending messages: a retried one on its own, else up to ``limit`` new ones.
+def _due(*, retried: bool, now: Any, alone: bool | None = None) -> Select[tuple[int]]:
+    """Ids of pending messages whose time has come, oldest first: first tries or retried ones.
 
-    A retried message may be one that killed its worker; claiming it alone keeps
-    it from taking a batch of healthy messages down with it again.
+    ``alone`` narrows retried ones to those that must run alone (they lost their worker
+    ``RUN_ALONE_AFTER_WORKER_LOSSES`` times), or to the others.
     """
-    now = utcnow()
-    lease_until = now + timedelta(seconds=lease_seconds)
-    with write_transaction() as connection:
-        claimed = _claim(connection, now, lease_until, retried=True, limit=1) or _claim(
-            connection, now, lease_until, retried=False, limit=limit
-        )
-        if claimed:
-            tallies.apply(connection, {PENDING: -len(claimed), PROCESSING: len(claimed)})
-    return claimed
-
-
-def _due(*, retried: bool, now: Any) -> Select[tuple[int]]:
-    """Ids of pending messages whose time has come, oldest first: first tries or retried ones."""
+    conditions = [
+        Message.status == PENDING,
+        Message.attempts > 0 if retried else Message.attempts < 1,
+        Message.available_at <= now,
+    ]
+    if alone is not None:
+        losses = Message.worker_losses
+        isolate = RUN_ALONE_AFTER_WORKER_LOSSES
+        conditions.append(losses >= isolate if alone else losses < isolate)
     return (
         select(Message.id)
-        .where(
-            Message.status == PENDING,
-            Message.attempts > 0 if retried else Message.attempts < 1,
-            Message.available_at <= now,
-        )
+        .where(*conditions)
         # In the order of ix_messages_status_attempts_id, and with a range on attempts
         # ("< 1", not "= 0", which would reduce the order to id alone): only that index
         # gives this order without a sort, so PostgreSQL keeps to it even when its
@@ -250,11 +246,11 @@ def _due(*, retried: bool, now: Any) -> Select[tuple[int]]:
     )
 
 
-def _claim_statement(*, retried: bool) -> Update:
+def _claim_statement(*, retried: bool, alone: bool | None = None) -> Update:
     """The claim UPDATE, built once: each call only binds ``m_now``, ``m_limit``, ``m_lease``."""
     now = bindparam("m_now", type_=UTCDateTime())
     due = (
-        _due(retried=retried, now=now)
+        _due(retried=retried, now=now, alone=alone)
         .limit(bindparam("m_limit"))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
     )
@@ -272,18 +268,54 @@ def _claim_statement(*, retried: bool) -> Update:
     )
 
 
-_claim_retried = _claim_statement(retried=True)
 _claim_new = _claim_statement(retried=False)
+_claim_after_lost_worker = _claim_statement(retried=True, alone=True)
+_claim_retried_safely = _claim_statement(retried=True, alone=False)
 
 
-def _claim(
-    connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
+def _claim_with(
+    connection: Connection, statement: Update, now: datetime, lease_until: datetime, limit: int
 ) -> list[ClaimedMessage]:
-    rows = connection.execute(
-        _claim_retried if retried else _claim_new,
-        {"m_now": now, "m_limit": limit, "m_lease": lease_until},
-    )
+    rows = connection.execute(statement, {"m_now": now, "m_limit": limit, "m_lease": lease_until})
     return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim_messages` took, and what it saw waiting."""
+
+    messages: list[ClaimedMessage]
+    # The one message lost its worker repeatedly: run it with nothing else in flight.
+    alone: bool = False
+    # Such a message is due, so nothing was claimed: let the messages in flight end, then claim.
+    alone_waiting: bool = False
+
+
+def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
+    """Claim up to ``limit`` due messages for a worker's free slots, retried ones first.
+
+    A message that lost its worker ``RUN_ALONE_AFTER_WORKER_LOSSES`` times may be
+    what killed it: only an ``idle`` worker (nothing in flight) claims it, alone; a
+    busy one is told it waits.
+    """
+    now = utcnow()
+    lease_until = now + timedelta(seconds=lease_seconds)
+    with write_transaction() as connection:
+        if idle:
+            lone = _claim_with(connection, _claim_after_lost_worker, now, lease_until, 1)
+            if lone:
+                tallies.apply(connection, {PENDING: -1, PROCESSING: 1})
+                return Claim(lone, alone=True)
+        else:
+            lone_due = _due(retried=True, now=now, alone=True).limit(1)
+            if connection.execute(lone_due).first() is not None:
+                return Claim([], alone_waiting=True)
+        claimed = _claim_with(connection, _claim_retried_safely, now, lease_until, limit)
+        if len(claimed) < limit:
+            claimed += _claim_with(connection, _claim_new, now, lease_until, limit - len(claimed))
+        if claimed:
+            tallies.apply(connection, {PENDING: -len(claimed), PROCESSING: len(claimed)})
+    return Claim(claimed)
 
 
 def _record_outcome(status: MessageStatus, **values: Any) -> Update:
@@ -312,6 +344,12 @@ _complete = _record_outcome(
 _fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bindparam("m_now"))
 _retry_later = _record_outcome(
     PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
+)
+_take_back_from_lost_worker = _record_outcome(
+    PENDING,
+    last_error=bindparam("m_error"),
+    available_at=bindparam("m_now"),
+    worker_losses=Message.worker_losses + 1,
 )
 _OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
 
@@ -385,6 +423,30 @@ def extend_leases(messages: list[ClaimedMessage], lease_seconds: float) -> None:
         )
 
 
+def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
+    """Give claims still held back to ``pending`` at once (a worker stopping); return how many.
+
+    The attempt stays counted: a message that outlasts every shutdown still ends ``failed``.
+    """
+    if not messages:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "m_id": m.id,
+            "m_attempts": m.attempts,
+            "m_error": reason,
+            "m_now": now,
+            "m_available": now,
+        }
+        for m in sorted(messages, key=lambda message: message.id)
+    ]
+    with write_transaction() as connection:
+        released = connection.execute(_retry_later, rows).rowcount
+        tallies.apply(connection, _ended_claims({PENDING: released}))
+    return released
+
+
 def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[str]:
     """Take back claims whose lease ran out: to ``pending``, or ``failed`` when out of attempts.
 
@@ -408,7 +470,7 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
                 connection.execute(_fail, [claim])
                 recovered[FAILED] += 1
             else:
-                connection.execute(_retry_later, [{**claim, "m_available": now}])
+                connection.execute(_take_back_from_lost_worker, [claim])
                 recovered[PENDING] += 1
         deltas = _ended_claims(recovered)
         deltas[tallies.RECOVERIES] += len(expired)
@@ -438,8 +500,8 @@ def next_due_at(now: datetime | None = None) -> datetime | None:
         ).scalar()
 
 
-# What a retry resets: a fresh set of attempts, and no end of processing yet.
-_RETRY_VALUES: dict[str, Any] = {"attempts": 0, "completed_at": None}
+# What a retry resets: a fresh set of attempts, no worker losses, and no end of processing yet.
+_RETRY_VALUES: dict[str, Any] = {"attempts": 0, "worker_losses": 0, "completed_at": None}
 
 
 def cancel_pending(message_id: int) -> dict[str, Any] | None:

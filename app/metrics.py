@@ -60,10 +60,34 @@ BROKER_PUBLISH_FAILURES = Counter(
     "n3hub_broker_publish_failures_total",
     "Drain requests that could not reach the broker (the recovery sweep covers them).",
 )
+# How a processor run ended, the label of the processing durations.
+RUN_SUCCEEDED, RUN_FAILED, RUN_TIMED_OUT = "succeeded", "failed", "timed_out"
 PROCESSING_DURATION = Histogram(
     "n3hub_processing_duration_seconds",
-    "Time the processor spent on one message.",
-    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+    "Time the processor spent on one message, by how the run ended.",
+    ["outcome"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120),
+)
+for _outcome in (RUN_SUCCEEDED, RUN_FAILED, RUN_TIMED_OUT):
+    PROCESSING_DURATION.labels(_outcome)  # every series exposed from the start, at 0
+PROCESSING_TIMEOUTS = Counter(
+    "n3hub_processing_timeouts_total",
+    "Processor runs that overran N3HUB_PROCESS_TIMEOUT (each a failed attempt).",
+)
+WORKER_IN_FLIGHT = Gauge(
+    "n3hub_worker_messages_in_flight",
+    "Messages being processed right now, summed over a worker's processes.",
+    multiprocess_mode="livesum",
+)
+WORKER_SLOTS = Gauge(
+    "n3hub_worker_slots",
+    "Messages a worker's processes may have in flight at once (N3HUB_PROCESS_CONCURRENCY each).",
+    multiprocess_mode="livesum",
+)
+WORKER_ABANDONED_RUNS = Gauge(
+    "n3hub_worker_abandoned_runs",
+    "Timed-out processor runs still going on threads that cannot be stopped.",
+    multiprocess_mode="livesum",
 )
 MESSAGE_LATENCY = Histogram(
     "n3hub_message_latency_seconds",

@@ -11,6 +11,12 @@ broker is unreachable the message still stands committed, and the recovery
 sweep in every worker queues the drain later. A marker left by a worker that
 died expires on its own.
 
+The sweep also heals what it finds stuck: a key of ours without an expiry, or
+with a longer one than ours (left by an older release, an operator, anything
+else), is given ours; and work that has been due for longer than a sweep
+interval gets a drain queued whatever the marker says. So no key can stop
+processing for more than a sweep interval or two.
+
 A drain that needs help (a full batch, a backlog) or hands over (its time budget
 is spent) queues one more drain whatever the marker says; a second key keeps
 that to one such task waiting at a time.
@@ -125,6 +131,20 @@ class DrainRequests:
             log.warning("broker unreachable, drain left to the recovery sweep: %s", error)
             self._delete(key)
             return _Asked.UNREACHABLE
+
+    def repair(self) -> None:
+        """Give our keys our expiry where they have none, or a longer one."""
+        if self._redis is None:
+            return
+        try:
+            for key in (self._marker_key, self._help_key):
+                # -2: no such key; -1: no expiry.
+                ttl = self._redis.ttl(key)
+                if ttl == -1 or ttl > DRAIN_MARKER_TTL_SECONDS:
+                    log.warning("drain key %s had expiry %s; giving it ours", key, ttl)
+                    self._redis.expire(key, DRAIN_MARKER_TTL_SECONDS)
+        except RedisError as error:
+            log.warning("could not check the drain keys: %s", error)
 
     def queue_length(self) -> int | None:
         """Drain tasks waiting in the broker, when the broker is this Redis and answers."""

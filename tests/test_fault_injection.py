@@ -1,5 +1,7 @@
 """Faults injected into real processes: killed workers, a flushed or stopped Redis, crashes.
 
+And one pool process running many messages at once, hung processors included.
+
 Each test runs on a database and a Redis of its own, so that it may kill, flush
 and restart them without disturbing other tests.
 """
@@ -22,6 +24,11 @@ from app import create_app, tallies
 from app.config import load_config
 from app.database import read_connection
 from app.extensions import db
+from app.wakeups import (
+    DRAIN_HELP_KEY_PREFIX,
+    DRAIN_MARKER_KEY_PREFIX,
+    DRAIN_MARKER_TTL_SECONDS,
+)
 from tests.conftest import (
     DatabaseFactory,
     app_key,
@@ -113,6 +120,7 @@ def stack(
 
 
 both_databases = pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)
+sqlite_only = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 
 
 @both_databases
@@ -120,7 +128,8 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     stack: FaultStack,
 ) -> None:
     count = 3000
-    stack.create([f"sleep:0.002 message {i}" for i in range(count)])
+    # I/O-bound messages, hundreds in flight in each pool process when the kill comes.
+    stack.create([f"sleep:0.05 message {i}" for i in range(count)])
     first = stack.start_worker()
     wait_for(lambda: stack.stats()["completed"] >= 300, timeout=60, what="progress")
     first.kill()
@@ -203,6 +212,55 @@ def test_sigterm_lets_a_worker_finish_its_in_flight_message(stack: FaultStack) -
     assert body["attempts"] == 1
 
 
+@both_databases
+def test_sigterm_lets_every_message_in_flight_finish(stack: FaultStack) -> None:
+    worker = stack.start_worker(concurrency=1)
+    ids = stack.create([f"sleep:1.5 slow {i}" for i in range(40)])
+    wait_for(lambda: stack.stats()["processing"] == 40, timeout=30, what="all 40 in flight")
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(30) == 0
+    bodies = [stack.client.get(f"/messages/{i}").get_json() for i in ids]
+    assert {(body["status"], body["attempts"]) for body in bodies} == {("completed", 1)}
+
+
+@both_databases
+def test_sigterm_gives_back_what_outlasts_the_grace(stack: FaultStack) -> None:
+    stack.env["N3HUB_SHUTDOWN_GRACE"] = "0.5"
+    worker = stack.start_worker(concurrency=1)
+    ids = stack.create([f"sleep:60 very slow {i}" for i in range(5)])
+    wait_for(lambda: stack.stats()["processing"] == 5, timeout=30, what="all 5 in flight")
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(30) == 0
+    for message_id in ids:
+        body = stack.client.get(f"/messages/{message_id}").get_json()
+        assert (body["status"], body["attempts"]) == ("pending", 1)
+        assert "worker stopped during attempt" in body["last_error"]
+
+
+@sqlite_only
+def test_a_processor_that_never_returns_cannot_wedge_the_worker(stack: FaultStack) -> None:
+    stack.env.update(
+        N3HUB_PROCESS_CONCURRENCY="2", N3HUB_PROCESS_TIMEOUT="0.5", N3HUB_MAX_ATTEMPTS="1"
+    )
+    worker = stack.start_worker(concurrency=1)
+    # Three hung runs in a process of two slots: the third one abandoned makes it restart.
+    hung = stack.create([f"sleep:3600 hung {i}" for i in range(3)], threads=1)
+    stack.wait_all_completed(3)
+    for message_id in hung:
+        body = stack.client.get(f"/messages/{message_id}").get_json()
+        assert body["status"] == "failed"
+        assert "processing took longer than 0.5s" in body["last_error"]
+    wait_for(lambda: "restarts" in worker.log_tail(500), timeout=30, what="the restart")
+    healthy = stack.create([f"healthy {i}" for i in range(20)])
+    stack.wait_all_completed(23)
+    assert all(
+        stack.client.get(f"/messages/{i}").get_json()["status"] == "completed" for i in healthy
+    )
+    assert worker.alive()
+
+
 def http_post(port: int, key: str, content: str) -> int:
     request = Request(
         f"http://127.0.0.1:{port}/messages",
@@ -248,3 +306,63 @@ def test_sigterm_lets_the_web_finish_an_in_flight_request(stack: FaultStack) -> 
             response += chunk
     assert response.startswith(b"HTTP/1.1 201"), response[:200]
     assert stack.stats()["total"] == 1
+
+
+# Many messages in flight in one pool process: plain and async processors, time limits.
+MEETING = 40
+
+
+def statuses_and_attempts(stack: FaultStack, ids: list[int]) -> set[tuple[str, int]]:
+    bodies = [stack.client.get(f"/messages/{i}").get_json() for i in ids]
+    return {(body["status"], body["attempts"]) for body in bodies}
+
+
+@both_databases
+@pytest.mark.parametrize(
+    "processor", ["tests.support.processors:scripted", "tests.support.processors:scripted_async"]
+)
+def test_one_process_runs_many_messages_at_once(stack: FaultStack, processor: str) -> None:
+    stack.env["N3HUB_PROCESSOR"] = processor
+    stack.start_worker(concurrency=1)
+    # Each waits until all of them run at the same time, and fails if they never do.
+    ids = stack.create([f"meet:{MEETING} message {i}" for i in range(MEETING)])
+    stack.wait_all_completed(MEETING)
+    assert statuses_and_attempts(stack, ids) == {("completed", 1)}
+
+
+@sqlite_only
+def test_a_slow_message_holds_back_none_of_the_others(stack: FaultStack) -> None:
+    stack.start_worker(concurrency=1)
+    [slow] = stack.create(["sleep:60 slow"])
+    wait_for(lambda: stack.stats()["processing"] == 1, timeout=30, what="the slow one's claim")
+    fast = stack.create([f"fast {i}" for i in range(50)])
+    wait_for(lambda: stack.stats()["completed"] == 50, timeout=60, what="the fast ones")
+    assert statuses_and_attempts(stack, fast) == {("completed", 1)}
+    assert stack.client.get(f"/messages/{slow}").get_json()["status"] == "processing"
+
+
+@both_databases
+def test_an_overrun_is_a_failed_attempt_retried_with_backoff(stack: FaultStack) -> None:
+    stack.env.update(N3HUB_PROCESS_TIMEOUT="1", N3HUB_MAX_ATTEMPTS="2")
+    stack.start_worker(concurrency=1)
+    [overrun] = stack.create(["sleep:3600 never ends"])
+    others = stack.create([f"fine {i}" for i in range(20)])
+    stack.wait_all_completed(21)
+    body = stack.client.get(f"/messages/{overrun}").get_json()
+    assert (body["status"], body["attempts"]) == ("failed", 2)
+    assert body["last_error"] == "TimeoutError: processing took longer than 1s"
+    assert statuses_and_attempts(stack, others) == {("completed", 1)}
+
+
+@sqlite_only
+def test_a_drain_marker_without_expiry_stops_nothing(stack: FaultStack) -> None:
+    queue = stack.app.config["TASK_QUEUE"]
+    redis = stack.redis.client()
+    # Left by anything else: no expiry, and a help key with a day's.
+    redis.set(DRAIN_MARKER_KEY_PREFIX + queue, "stuck")
+    redis.set(DRAIN_HELP_KEY_PREFIX + queue, "stuck", ex=86400)
+    stack.start_worker()
+    ids = stack.create([f"behind a stuck marker {i}" for i in range(10)])
+    assert stack.wait_all_completed(10)["completed"] == 10
+    assert {stack.client.get(f"/messages/{i}").get_json()["status"] for i in ids} == {"completed"}
+    assert redis.ttl(DRAIN_HELP_KEY_PREFIX + queue) <= DRAIN_MARKER_TTL_SECONDS

@@ -31,6 +31,10 @@ def expire_leases() -> None:
         )
 
 
+def claim(limit: int, *, idle: bool = True) -> list[lifecycle.ClaimedMessage]:
+    return lifecycle.claim_messages(limit, 30, idle=idle).messages
+
+
 def row(message_id: int) -> dict:
     message = queries.get_message(message_id)
     assert message is not None
@@ -53,7 +57,7 @@ def test_concurrent_claims_never_share_a_message(isolated_app: Flask) -> None:
 
     def claimer() -> None:
         with isolated_app.app_context():
-            while batch := lifecycle.claim_batch(7, 30):
+            while batch := claim(7):
                 with lock:
                     claimed.extend(message.id for message in batch)
 
@@ -68,10 +72,10 @@ def test_concurrent_claims_never_share_a_message(isolated_app: Flask) -> None:
 
 def test_late_finisher_cannot_overwrite_a_newer_attempt() -> None:
     message_id = lifecycle.create_message("x")[0]["id"]
-    [first] = lifecycle.claim_batch(10, 30)
+    [first] = claim(10)
     expire_leases()
     assert lifecycle.recover_expired_leases(POLICY) == {"pending": 1}
-    [second] = lifecycle.claim_batch(10, 30)
+    [second] = claim(10)
     assert (first.attempts, second.attempts) == (1, 2)
     stale = lifecycle.finish_batch([Outcome(first, result={"from": "first"})], POLICY)
     assert stale.stale == 1 and stale.completed == 0
@@ -88,7 +92,7 @@ def test_late_finisher_cannot_overwrite_a_newer_attempt() -> None:
 def test_a_batch_with_a_stale_claim_writes_and_counts_the_others() -> None:
     for number in range(3):
         lifecycle.create_message(f"m{number}")
-    taken_back, done, bad = lifecycle.claim_batch(10, 30)
+    taken_back, done, bad = claim(10)
     with write_transaction() as connection:
         connection.execute(
             update(Message)
@@ -96,7 +100,7 @@ def test_a_batch_with_a_stale_claim_writes_and_counts_the_others() -> None:
             .values(lease_expires_at=lifecycle.utcnow() - timedelta(seconds=1))
         )
     assert lifecycle.recover_expired_leases(POLICY) == {"pending": 1}
-    [again] = lifecycle.claim_batch(10, 30)
+    [again] = claim(10)
     report = lifecycle.finish_batch(
         [
             Outcome(taken_back, result={"late": True}),
@@ -119,48 +123,73 @@ def test_a_batch_with_a_stale_claim_writes_and_counts_the_others() -> None:
 def test_recovery_counts_as_an_attempt_and_ends_failed() -> None:
     message_id = lifecycle.create_message("crash every time")[0]["id"]
     for attempt in range(1, POLICY.max_attempts + 1):
-        [claimed] = lifecycle.claim_batch(10, 30)
+        [claimed] = claim(10)
         assert claimed.attempts == attempt
         expire_leases()
         lifecycle.recover_expired_leases(POLICY)
     body = row(message_id)
     assert body["status"] == "failed"
     assert "lease expired" in body["last_error"]
-    assert lifecycle.claim_batch(10, 30) == []
+    assert claim(10) == []
     stats_add_up()
 
 
 def test_live_lease_is_not_recovered() -> None:
     lifecycle.create_message("busy")
-    lifecycle.claim_batch(10, 30)
+    claim(10)
     assert lifecycle.recover_expired_leases(POLICY) == {}
     assert stats_add_up()["processing"] == 1
 
 
 def test_extended_lease_outlives_the_original() -> None:
     lifecycle.create_message("slow")
-    [claimed] = lifecycle.claim_batch(10, 30)
+    [claimed] = claim(10)
     expire_leases()
     lifecycle.extend_leases([claimed], 30)
     assert lifecycle.recover_expired_leases(POLICY) == {}
 
 
-def test_retried_message_is_claimed_alone() -> None:
+def test_a_retried_message_is_claimed_first_with_new_ones() -> None:
     first_id = lifecycle.create_message("retry me")[0]["id"]
-    [claimed] = lifecycle.claim_batch(10, 30)
+    [claimed] = claim(10)
     lifecycle.finish_batch([Outcome(claimed, error="transient")], POLICY)
-    for i in range(5):
-        lifecycle.create_message(f"fresh {i}")
-    alone = lifecycle.claim_batch(10, 30)
-    assert [(m.id, m.attempts) for m in alone] == [(first_id, 2)]
-    assert len(lifecycle.claim_batch(10, 30)) == 5
+    fresh = [lifecycle.create_message(f"fresh {i}")[0]["id"] for i in range(5)]
+    together = claim(3)
+    assert [(m.id, m.attempts) for m in together] == [(first_id, 2), (fresh[0], 1), (fresh[1], 1)]
+    stats_add_up()
+
+
+def test_a_message_that_lost_its_worker_runs_alone_in_an_idle_worker() -> None:
+    lost_id = lifecycle.create_message("killed its worker")[0]["id"]
+    claim(10)
+    expire_leases()
+    lifecycle.recover_expired_leases(POLICY)
+    lifecycle.create_message("healthy 1")
+    busy = lifecycle.claim_messages(10, 30, idle=False)
+    assert (busy.messages, busy.alone, busy.alone_waiting) == ([], False, True)
+    idle = lifecycle.claim_messages(10, 30, idle=True)
+    assert [(m.id, m.attempts) for m in idle.messages] == [(lost_id, 2)]
+    assert idle.alone
+    assert [m.content for m in claim(10, idle=False)] == ["healthy 1"]
+    stats_add_up()
+
+
+def test_released_claims_go_back_to_pending_at_once_with_the_attempt_counted() -> None:
+    for number in range(3):
+        lifecycle.create_message(f"in flight {number}")
+    claimed = claim(10)
+    assert lifecycle.release_claims(claimed[:2], "worker stopped during attempt") == 2
+    assert [row(m.id)["status"] for m in claimed] == ["pending", "pending", "processing"]
+    assert row(claimed[0].id)["last_error"] == "worker stopped during attempt"
+    again = claim(10, idle=False)
+    assert [(m.id, m.attempts) for m in again] == [(m.id, 2) for m in claimed[:2]]
     stats_add_up()
 
 
 def test_outcomes_move_tallies_and_processed_counters() -> None:
     for content in ("ok", "permanent", "transient"):
         lifecycle.create_message(content)
-    batch = lifecycle.claim_batch(10, 30)
+    batch = claim(10)
     report = lifecycle.finish_batch(
         [
             Outcome(batch[0], result={}),
@@ -283,7 +312,8 @@ def sweep_check(retried: bool) -> Any:
 @pytest.mark.parametrize(
     "statement",
     [
-        pytest.param(lambda: lifecycle._claim_retried, id="claim-retried"),
+        pytest.param(lambda: lifecycle._claim_retried_safely, id="claim-retried"),
+        pytest.param(lambda: lifecycle._claim_after_lost_worker, id="claim-lost-worker"),
         pytest.param(lambda: lifecycle._claim_new, id="claim-new"),
         pytest.param(lambda: sweep_check(retried=True), id="due-retried"),
         pytest.param(lambda: sweep_check(retried=False), id="due-new"),

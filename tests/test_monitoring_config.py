@@ -260,6 +260,8 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "Created → completed latency",
         "Worker last progress age",
         "Broker queue length",
+        "Messages in flight per worker",
+        "Slot utilisation",
     } <= titles
     used = {name for expr in dashboard_queries() for name in metric_names(expr)}
     assert {"api_errors_total", "n3hub_message_latency_seconds_bucket"} <= used

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app.lifecycle import ClaimedMessage
-from app.worker.drain import describe_error, run_processor
+from app.worker.outcomes import describe_error, run_processor
 from app.worker.processors import PermanentProcessingError, analyse_text, load_processor
 
 

@@ -1,63 +1,45 @@
-"""The worker side: claim a batch, run the processor on each message, write the outcomes.
+"""The drain: claim due messages for this process's free slots until none is left.
 
-A drain keeps claiming until nothing is due or its time budget is spent. Batches
-adapt to the load: a quiet system yields batches of one, handled as soon as
-they arrive; a backlog yields full batches, one transaction each, and every
-full batch asks for one more drain so that idle workers join in. Between those,
-a steady flow would make a drain claim again the moment it finished, a few
-messages at a time, each claim and finish a transaction that competes with the
-web's for the write lock; so after a batch of more than one message the next
-claim waits until ``N3HUB_CLAIM_GATHER_SECONDS`` after this one, and the messages
-that arrive meanwhile share it. A batch of one means the load is light, and
-waiting would only add latency.
+A drain keeps the process's slots (:mod:`app.worker.pipeline`) full: it claims
+as many due messages as there are free slots, starts them, and claims again as
+slots free up. Claims adapt to the load: a quiet system yields claims of one,
+started as soon as they arrive. Under load, claiming whenever one slot frees
+would take a few messages at a time, each claim a transaction that competes
+with the web's for the write lock; so after a claim of several the next waits
+until ``N3HUB_CLAIM_GATHER_SECONDS`` after it, or until a full claim's worth of
+slots is free. A full claim asks for one more drain, so that idle processes
+join in.
 
-While it works a drain holds the drain marker (:mod:`app.wakeups`), so the web
-sends no task for the messages it will claim anyway.
+A message that lost its worker is claimed only when nothing else is in flight
+in this process, and runs alone: if it kills the process again, it takes no
+healthy message down with it.
+
+While it claims, a drain holds the drain marker (:mod:`app.wakeups`), so the web
+sends no task for the messages it will claim anyway. It ends when a claim finds
+nothing (the messages in flight go on) or its time budget is spent.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from flask import Flask, current_app
 
 from app import lifecycle
-from app.database import is_transient_error
-from app.lifecycle import ClaimedMessage, Outcome, RetryPolicy
-from app.metrics import (
-    CLAIM_BATCH_SIZE,
-    MESSAGE_LATENCY,
-    PROCESSING_DURATION,
-    WORKER_LAST_PROGRESS,
-)
-from app.worker.processors import PERMANENT_ERRORS, Processor, load_processor
+from app.lifecycle import Outcome, RetryPolicy
+from app.metrics import CLAIM_BATCH_SIZE, MESSAGE_LATENCY, WORKER_LAST_PROGRESS
+from app.worker import process_hooks
+from app.worker.pipeline import Pipeline, pipeline_for
+from app.worker.runners import runner_for
+from app.worker.settings import ProcessingSettings, with_database_retries
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_LENGTH = 500
-DATABASE_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 # Well within the marker's expiry (app.wakeups.DRAIN_MARKER_TTL_SECONDS).
 MARKER_REFRESH_SECONDS = 1.0
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ProcessingSettings:
-    """Everything a drain needs, resolved once per process."""
-
-    processor: Processor
-    policy: RetryPolicy
-    batch_size: int
-    lease_seconds: float
-    budget_seconds: float
-    gather_seconds: float
 
 
 class DrainSignals(Protocol):
@@ -70,116 +52,44 @@ class DrainSignals(Protocol):
     def request_help(self) -> bool: ...
 
 
-def init_app(app: Flask) -> None:
-    """Resolve the processor and policies into ``app.extensions["processing"]``."""
-    app.extensions["processing"] = ProcessingSettings(
-        processor=load_processor(app.config["PROCESSOR"]),
-        policy=RetryPolicy(
-            max_attempts=app.config["MAX_ATTEMPTS"],
-            base_delay=app.config["RETRY_BASE_DELAY"],
-            max_delay=app.config["RETRY_MAX_DELAY"],
-        ),
-        batch_size=app.config["CLAIM_SIZE"],
-        lease_seconds=app.config["LEASE_SECONDS"],
-        budget_seconds=app.config["DRAIN_BUDGET"],
-        gather_seconds=app.config["CLAIM_GATHER_SECONDS"],
-    )
-
-
-def describe_error(error: BaseException) -> str:
-    """A short, single-line reason for ``last_error``."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text[:MAX_ERROR_LENGTH]
-
-
-def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
-    """Run one message through the processor; an exception becomes a failed outcome."""
-    try:
-        with PROCESSING_DURATION.time():
-            result = processor(message)
-    except PERMANENT_ERRORS as error:
-        return Outcome(message, error=describe_error(error), permanent=True)
-    except Exception as error:
-        return Outcome(message, error=describe_error(error))
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as error:  # another attempt would return the same
-        reason = f"the processor's result is not JSON: {describe_error(error)}"
-        return Outcome(message, error=reason[:MAX_ERROR_LENGTH], permanent=True)
-    return Outcome(message, result=result)
-
-
-def with_database_retries(action: Callable[[], T]) -> T:
-    """Run ``action``, retrying it while the database reports a passing error."""
-    for delay in DATABASE_RETRY_DELAYS:
-        try:
-            return action()
-        except Exception as error:
-            if not is_transient_error(error):
-                raise
-            log.warning("database busy, retrying in %.2fs: %s", delay, error)
-            time.sleep(delay)
-    return action()
-
-
-def process_batch(batch: list[ClaimedMessage], settings: ProcessingSettings) -> list[Outcome]:
-    """Run each claimed message, renewing the leases when a slow batch needs longer."""
-    renew_every = settings.lease_seconds / 3
-    renew_at = time.monotonic() + renew_every
-    outcomes = []
-    for index, message in enumerate(batch):
-        if time.monotonic() >= renew_at:
-            with_database_retries(
-                partial(lifecycle.extend_leases, batch[index:], settings.lease_seconds)
-            )
-            renew_at = time.monotonic() + renew_every
-        outcomes.append(run_processor(settings.processor, message))
-    return outcomes
-
-
 def drain(signals: DrainSignals) -> int:
-    """Process due messages until none is left or the budget is spent; return how many.
+    """Claim and start due messages until none is left or the budget is spent; return how many.
 
     A drain that fails lets go of the marker, so that the next commit or sweep
     queues another drain at once rather than after the marker expires.
     """
+    app = current_app._get_current_object()
+    pipeline = pipeline_for(app, partial(_build_pipeline, app))
+    if not pipeline.claiming.acquire(blocking=False):
+        return 0  # another drain already claims for this process (a threaded pool)
     try:
-        return _drain(signals, current_app.extensions["processing"])
+        return _drain(signals, app.extensions["processing"], pipeline)
     except BaseException:
         signals.release()
         raise
+    finally:
+        pipeline.claiming.release()
 
 
-def _drain(signals: DrainSignals, settings: ProcessingSettings) -> int:
+def _build_pipeline(app: Flask) -> Pipeline:
+    settings: ProcessingSettings = app.extensions["processing"]
+    return Pipeline(
+        app,
+        settings,
+        runner_for(settings.processor),
+        partial(record_outcomes, policy=settings.policy),
+        process_hooks.restart_pool_process if process_hooks.in_pool_process() else None,
+    )
+
+
+def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeline) -> int:
     deadline = time.monotonic() + settings.budget_seconds
     marker_held_at = time.monotonic()
     next_claim_at = 0.0
+    lone_waiting = False
     handled = 0
+    full_claim = min(settings.claim_size, pipeline.capacity)
     while True:
-        pause = next_claim_at - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        claimed_at = time.monotonic()
-        batch = with_database_retries(
-            partial(lifecycle.claim_batch, settings.batch_size, settings.lease_seconds)
-        )
-        if not batch:
-            signals.release()
-            # A message committed before the release saw the marker and queued nothing.
-            if not with_database_retries(lifecycle.pending_work_due):
-                return handled
-            signals.hold()
-            marker_held_at = time.monotonic()
-            continue
-        full = len(batch) == settings.batch_size
-        if full:
-            signals.request_help()
-        outcomes = process_batch(batch, settings)
-        report = with_database_retries(partial(lifecycle.finish_batch, outcomes, settings.policy))
-        _record_batch(outcomes, settings.policy)
-        if report.stale:
-            log.warning("%d outcomes dropped: their claims were taken back", report.stale)
-        handled += len(batch)
         now = time.monotonic()
         if now >= deadline:
             # Hand over: the marker stays held for the successor, if one could be queued.
@@ -189,14 +99,54 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings) -> int:
         if now - marker_held_at >= MARKER_REFRESH_SECONDS:
             signals.hold()
             marker_held_at = now
-        gather = len(batch) > 1 and not full
+        wait = min(deadline, marker_held_at + MARKER_REFRESH_SECONDS) - now
+        if lone_waiting:
+            if not pipeline.wait_until_idle(wait):
+                continue
+            free = pipeline.capacity
+        elif next_claim_at > now:
+            free = pipeline.wait_for_free_slots(min(next_claim_at - now, wait), full_claim)
+            if free < full_claim:
+                continue
+        else:
+            free = pipeline.wait_for_free_slots(wait)
+        if pipeline.broken:
+            signals.release()
+            return handled
+        if not free:
+            continue
+        wanted = min(free, settings.claim_size)
+        claimed_at = time.monotonic()
+        claim = with_database_retries(
+            partial(
+                lifecycle.claim_messages,
+                wanted,
+                settings.lease_seconds,
+                idle=free == pipeline.capacity,
+            )
+        )
+        lone_waiting = claim.alone_waiting
+        if claim.messages:
+            CLAIM_BATCH_SIZE.observe(len(claim.messages))
+            pipeline.start(claim.messages, alone=claim.alone)
+            handled += len(claim.messages)
+        elif not claim.alone_waiting:
+            signals.release()
+            # A message committed before the release saw the marker and queued nothing.
+            if not with_database_retries(lifecycle.pending_work_due):
+                return handled
+            signals.hold()
+            marker_held_at = time.monotonic()
+            continue
+        if len(claim.messages) == full_claim:
+            signals.request_help()
+        gather = len(claim.messages) > 1
         next_claim_at = claimed_at + settings.gather_seconds if gather else 0.0
 
 
-def _record_batch(outcomes: list[Outcome], policy: RetryPolicy) -> None:
-    """Metrics for a finished batch, and one log line per failed attempt."""
+def record_outcomes(outcomes: list[Outcome], policy: RetryPolicy) -> None:
+    """Metrics for written outcomes, and one log line per failed attempt."""
     now = lifecycle.utcnow()
-    CLAIM_BATCH_SIZE.observe(len(outcomes))
     WORKER_LAST_PROGRESS.set(now.timestamp())
     for outcome in outcomes:
         status = policy.next_status(outcome)

@@ -1,7 +1,8 @@
 """Metrics of the Celery worker processes.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set, every pool process writes its metrics to
-that directory, and the files of a pool process that exits are marked dead. When
+that directory, and the files of a pool process that exits are marked dead
+(:mod:`app.worker.process_hooks`). When
 ``N3HUB_WORKER_METRICS_PORT`` is set, the worker's main process serves the
 directory's sum on that port (once per worker, never per pool process): that is
 how a worker in its own container is scraped. On one host the web's
@@ -14,28 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from celery import bootsteps
-from celery.signals import worker_process_shutdown
 from celery.worker import WorkController
-from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from app.auth.principals import challenge, presents_token
 from app.metrics import process_registry
 
 log = logging.getLogger(__name__)
-
-
-@worker_process_shutdown.connect
-def _mark_pool_process_dead(pid: int | None = None, **_: object) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid or os.getpid())
 
 
 class _QuietHandler(WSGIRequestHandler):

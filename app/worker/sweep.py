@@ -3,7 +3,10 @@
 Every ``N3HUB_SWEEP_INTERVAL`` seconds it takes back claims whose lease has
 expired (their worker died), deletes a chunk of finished messages past their
 retention (:mod:`app.retention`) and, when due pending work exists (never queued,
-its task lost with Redis, or its retry backoff over), queues a drain. Several
+its task lost with Redis, or its retry backoff over), queues a drain; work due
+since before the previous sweep gets one whatever the drain marker says, and
+the marker's keys get their expiry back if something took it away
+(:mod:`app.wakeups`). Several
 workers sweeping at once is safe: lease recovery skips rows another transaction
 holds, and a drain request is a no-op while one is queued.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import bootsteps
 from celery.worker import WorkController
@@ -25,7 +28,8 @@ from flask import Flask
 from app import lifecycle, retention
 from app.extensions import db
 from app.metrics import WORKER_HEARTBEAT
-from app.worker.drain import ProcessingSettings
+from app.wakeups import DrainRequests
+from app.worker.settings import ProcessingSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,14 @@ def sweep_once(app: Flask) -> datetime | None:
         deleted = retention.delete_expired(retention.retention_periods(app.config), now)
         if sum(deleted.values()):
             log.info("retention deleted finished messages: %s", dict(deleted))
+        requests: DrainRequests = app.extensions["drain_requests"]
+        requests.repair()
         if lifecycle.pending_work_due(now):
-            app.extensions["drain_requests"].request()
+            requests.request()
+            # Due since before the last sweep: whatever holds the marker is not taking it.
+            overdue_since = now - timedelta(seconds=app.config["SWEEP_INTERVAL"])
+            if lifecycle.pending_work_due(overdue_since):
+                requests.request_help()
         return lifecycle.next_due_at(now)
 
 

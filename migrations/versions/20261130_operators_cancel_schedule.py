@@ -4,7 +4,7 @@ The status CHECK of hygiene_0001 gains ``cancelled``. A downgrade fails while
 cancelled messages exist: delete or re-create them first.
 
 Revision ID: operators_0001
-Revises: hygiene_0001
+Revises: concurrency_0001
 Create Date: 2026-11-30
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "operators_0001"
-down_revision = "hygiene_0001"
+down_revision = "concurrency_0001"
 branch_labels = None
 depends_on = None
 

@@ -17,11 +17,15 @@ import scripts.bench
 from app.config import PROJECT_ROOT
 from scripts.bench import phases
 from scripts.bench.load import ClosedLoop, find_wrk
+from scripts.bench.processing_phases import measure_processing
 from scripts.bench.profiling import Profiler
 from scripts.bench.report import machine, table, write_json
-from scripts.bench.stack import WORKER_CONCURRENCY, Stack, tuning_overrides
+from scripts.bench.stack import WORKER_CONCURRENCY, Stack, Web, tuning_overrides
+from tests.support.polling import wait_for
+from tests.support.processes import ManagedProcess
 
 OUTPUT_DIR = PROJECT_ROOT / "var" / "bench"
+PHASES = ("ingest", "drain", "latency", "processing", "reads")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,6 +33,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m scripts.bench",
         description=scripts.bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all)",
+    )
+    parser.add_argument(
+        "--processing-messages",
+        type=int,
+        default=20_000,
+        help="messages per waiting-processor and Celery baseline run",
     )
     parser.add_argument("--duration", type=float, default=5, help="seconds per throughput run")
     parser.add_argument(
@@ -48,7 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="record py-spy profiles of ingest and drain"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.phases = set(args.phases.split(","))
+    if unknown := args.phases - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    return args
 
 
 def revision() -> dict[str, Any]:
@@ -90,32 +109,69 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
             profiled=bool(profiler.py_spy),
         )
         web = stack.start_web("web")
-        results["ceiling"], results["ingest"] = phases.measure_ingest(
-            stack, web, loop, app, args.rounds, profiler, say
-        )
-        if args.many_connections:
-            # Group commit shares a transaction among the requests of a process that
-            # arrive together: more connections, larger groups. Measured on both sides.
-            many = ClosedLoop(wrk, stack.workdir, args.duration, args.many_connections)
-            results["ceiling_many"], results["ingest_many"] = phases.measure_ingest(
-                stack, web, many, app, args.rounds, quiet, say
+        if "ingest" in args.phases:
+            measure_ingests(args, results, stack, web, loop, profiler, say)
+        if "drain" in args.phases:
+            phases.top_up_backlog(app, args.backlog, say)
+            results["drain"] = phases.measure_drain(stack, web, app, profiler, say)
+        if "latency" in args.phases:
+            if stack.worker is None:
+                ready_worker(stack)
+            results["latency"] = {}
+            for rate in (float(value) for value in args.rates.split(",")):
+                measured = phases.measure_latency(
+                    stack, web, rate, args.paced_seconds, profiler, say
+                )
+                results["latency"][f"{rate:g}"] = measured
+        if "ingest" in args.phases:
+            # What a user running the whole stack sees: the worker shares the cores.
+            worker = stack.worker or ready_worker(stack)
+            results["ceiling_processing"], results["ingest_processing"] = phases.measure_ingest(
+                stack, web, loop, app, args.rounds, quiet, say, worker=worker
             )
-        results["batch_ingest"] = phases.measure_batch_ingest(web, loop, app, say)
-        phases.top_up_backlog(app, args.backlog, say)
-        results["drain"] = phases.measure_drain(stack, web, app, profiler, say)
-        results["latency"] = {}
-        for rate in (float(value) for value in args.rates.split(",")):
-            measured = phases.measure_latency(stack, web, rate, args.paced_seconds, profiler, say)
-            results["latency"][f"{rate:g}"] = measured
-        # What a user running the whole stack sees: the worker shares the cores.
-        results["ceiling_processing"], results["ingest_processing"] = phases.measure_ingest(
-            stack, web, loop, app, args.rounds, quiet, say, worker=stack.worker
-        )
         stack.stop_worker()
-        results["reads"] = {"table": phases.fill_table(app, args.rows, say)}
-        results["reads"].update(phases.measure_reads(web, args.samples, say))
+        if "processing" in args.phases:
+            results["processing"] = measure_processing(
+                stack, web, app, args.processing_messages, OUTPUT_DIR / "logs", say
+            )
+        if "reads" in args.phases:
+            results["reads"] = {"table": phases.fill_table(app, args.rows, say)}
+            results["reads"].update(phases.measure_reads(web, args.samples, say))
         results["profiles"] = profiler.summaries
         say("stopping the stack")
+
+
+def ready_worker(stack: Stack) -> ManagedProcess:
+    """Start the worker and wait until it takes tasks."""
+    worker = stack.start_worker()
+    wait_for(lambda: "ready." in worker.log_tail(40), timeout=60, what="the worker to be ready")
+    return worker
+
+
+def measure_ingests(
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    stack: Stack,
+    web: Web,
+    loop: ClosedLoop,
+    profiler: Profiler,
+    say: phases.Progress,
+) -> None:
+    """The ingest figures with no worker running: one and many connections, and batches."""
+    app = stack.app
+    assert app is not None
+    results["ceiling"], results["ingest"] = phases.measure_ingest(
+        stack, web, loop, app, args.rounds, profiler, say
+    )
+    if args.many_connections:
+        # Group commit shares a transaction among the requests of a process that
+        # arrive together: more connections, larger groups. Measured on both sides.
+        many = ClosedLoop(loop.wrk, stack.workdir, args.duration, args.many_connections)
+        quiet = Profiler(False, profiler.directory, say)
+        results["ceiling_many"], results["ingest_many"] = phases.measure_ingest(
+            stack, web, many, app, args.rounds, quiet, say
+        )
+    results["batch_ingest"] = phases.measure_batch_ingest(web, loop, app, say)
 
 
 def main(argv: list[str] | None = None) -> int:

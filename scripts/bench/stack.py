@@ -212,10 +212,12 @@ class Stack:
         wait_for(lambda: group_cpu_share(process.pid) < 0.05, timeout=60, interval=0)
         return Web(process, port)
 
-    def start_worker(self) -> ManagedProcess:
-        """A Celery worker with the seed's command and two pool processes."""
+    def start_worker(self, **env: str) -> ManagedProcess:
+        """A Celery worker with the seed's command and two pool processes; ``env`` on top."""
         log_path = self.log_dir / "worker.log"
-        worker = celery_worker(self.env, log_path, concurrency=WORKER_CONCURRENCY, hostname="bench")
+        worker = celery_worker(
+            {**self.env, **env}, log_path, concurrency=WORKER_CONCURRENCY, hostname="bench"
+        )
         self._exit.callback(worker.stop)
         self.worker = worker.start()
         return worker
