@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Flask
 from pythonjsonlogger.json import JsonFormatter
+from werkzeug.wsgi import ClosingIterator
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 128
@@ -82,11 +83,18 @@ class RequestIds:
             headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER.lower()]
             return start_response(status, [*headers, (REQUEST_ID_HEADER, request_id)], *exc_info)
 
-        token = _current_request_id.set(request_id)
+        _current_request_id.set(request_id)
         try:
-            return self._app(environ, start_with_id)
-        finally:
-            _current_request_id.reset(token)
+            response = self._app(environ, start_with_id)
+        except BaseException:
+            _forget_request_id()
+            raise
+        # Kept until the answer is sent: the dev server logs its access line while writing.
+        return ClosingIterator(response, _forget_request_id)
+
+
+def _forget_request_id() -> None:
+    _current_request_id.set(NO_ID)
 
 
 def init_app(app: Flask) -> None:
