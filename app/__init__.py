@@ -29,5 +29,4 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     auth.init_app(app)
     api.init_app(app)
-    logs.wrap_wsgi(app)
     return app

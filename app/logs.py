@@ -2,10 +2,10 @@
 
 Each record carries the request id of the HTTP request it belongs to (taken from
 ``X-Request-ID`` or generated) and, where one applies, the message id. The id is
-given by a WSGI middleware around the whole app, the fast path included, and kept
-in a context variable, so every line logged while a request is served carries it;
-the same middleware returns it in the ``X-Request-ID`` header, which Gunicorn's
-access lines read.
+given by a WSGI middleware around the app and its fast path (inside the guard,
+which hands its refusals to the app) and kept in a context variable, so every
+line logged while a request is served carries it; the same middleware returns it
+in the ``X-Request-ID`` header, which Gunicorn's access lines read.
 """
 
 from __future__ import annotations
@@ -103,5 +103,5 @@ def init_app(app: Flask) -> None:
 
 
 def wrap_wsgi(app: Flask) -> None:
-    """Give every request an id; called last, so that it wraps the fast path too."""
+    """Give every request an id; called after the fast path is in place, so it wraps it too."""
     app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]

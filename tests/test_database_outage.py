@@ -41,11 +41,13 @@ class Answer:
         return json.loads(self.body)["error"]["code"]
 
 
-def call(port: int, path: str, request_id: str, body: dict | None = None, **headers: str) -> Answer:
-    """One request with its ``X-Request-ID`` and the test's key; any status is an answer."""
+def call(
+    port: int, path: str, request_id: str, body: dict | None = None, key: str = "", **headers: str
+) -> Answer:
+    """One request with its ``X-Request-ID`` and a key (the web's); any status is an answer."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"X-Request-ID": request_id, "Content-Type": "application/json", **headers}
-    headers.update(bearer(KEYS[port]))
+    headers.update(bearer(key or KEYS[port]))
     request = Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
     try:
         with urlopen(request, timeout=30) as response:
@@ -62,6 +64,7 @@ class ProxiedWeb:
     port: int
     proxy: TcpProxy
     log_format: str
+    unused_key: str  # never presented while the database answers: its lookup needs it
 
     def log_records(self) -> list[tuple[str, bool, str]]:
         """(request id, is an access line, line) of every line of the web's log with an id."""
@@ -88,10 +91,10 @@ def proxied_web(
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     env = stack_environment(proxied, redis_server.url, LOG_FORMAT=request.param)
-    key = env_api_key(env)
+    key, unused_key = env_api_key(env), env_api_key(env)
     web, port = start_web(env, tmp_path, workers=1)
     KEYS[port] = key
-    yield ProxiedWeb(web, port, proxy, request.param)
+    yield ProxiedWeb(web, port, proxy, request.param, unused_key)
     del KEYS[port]
     web.stop()
     proxy.cut()
@@ -114,6 +117,7 @@ def test_an_unreachable_database_answers_503_and_metrics_keep_answering(
             port, "/messages", "down-view", {"content": "d"}, **{"Idempotency-Key": "l"}
         ),
         "down-read": call(port, "/messages/1", "down-read"),
+        "down-key": call(port, "/messages/1", "down-key", key=proxied_web.unused_key),
     }
     for answer in down.values():
         assert (answer.status, answer.error_code()) == (503, "database_unavailable"), answer
