@@ -77,6 +77,12 @@ def pytest_report_header() -> list[str]:
     return ["databases: SQLite only (set N3HUB_TEST_POSTGRES_URL to add PostgreSQL)"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Forget the caller's service settings: the tests set every one they depend on."""
+    for setting in SETTINGS:
+        os.environ.pop(setting.env, None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_outlives_the_session() -> Iterator[None]:
     """Stop any process a fixture started but could not stop (its set-up failed or skipped)."""
