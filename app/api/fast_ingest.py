@@ -48,14 +48,13 @@ from app.metrics import record_request, time_request_from
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 CREATE_ENDPOINT = "messages.create_message"
-# The request hooks whose effect holds for the fast path too: the request id and the
-# request metrics, which it reproduces, and the guard's refusal, which cannot reach it
-# (the guard sends every refused request to Flask). A hook missing here would be
-# skipped for plain POST /messages.
+# The request hooks whose effect holds for the fast path too: the request metrics,
+# which it reproduces, and the guard's refusal, which cannot reach it (the guard sends
+# every refused request to Flask). The request id is no hook: a WSGI middleware around
+# both gives it (app.logs.RequestIds). A hook missing here would be skipped for plain
+# POST /messages.
 APPLIED_HOOKS = frozenset(
     {
-        "app.logs._assign_request_id",
-        "app.logs._return_request_id",
         "app.metrics._start_timer",
         "app.metrics._record_request",
         "app.api.guard._raise_refusal",
