@@ -20,18 +20,23 @@ class Page:
     next_cursor: int | None
 
 
-def get_message(message_id: int) -> dict[str, Any] | None:
-    """One message's row, or None."""
+def get_message(message_id: int, tenant: str | None = None) -> dict[str, Any] | None:
+    """One message's row, or None; with ``tenant``, only if it is that tenant's."""
+    query = select(*Message.__table__.columns).where(Message.id == message_id)
+    if tenant is not None:
+        query = query.where(Message.tenant == tenant)
     with read_connection() as connection:
-        row = connection.execute(
-            select(*Message.__table__.columns).where(Message.id == message_id)
-        ).one_or_none()
+        row = connection.execute(query).one_or_none()
     return row._asdict() if row is not None else None
 
 
-def list_messages(limit: int, before_id: int | None, status: MessageStatus | None) -> Page:
-    """Up to ``limit`` messages with ids below ``before_id``, newest first."""
+def list_messages(
+    limit: int, before_id: int | None, status: MessageStatus | None, tenant: str | None = None
+) -> Page:
+    """Up to ``limit`` messages with ids below ``before_id``, newest first; of one tenant or all."""
     query = select(*Message.__table__.columns).order_by(Message.id.desc()).limit(limit + 1)
+    if tenant is not None:
+        query = query.where(Message.tenant == tenant)
     if status is not None:
         query = query.where(Message.status == status)
     if before_id is not None:
@@ -43,10 +48,10 @@ def list_messages(limit: int, before_id: int | None, status: MessageStatus | Non
     return Page(messages=rows, next_cursor=rows[-1]["id"] if has_more else None)
 
 
-def message_stats() -> dict[str, int]:
-    """Counts by status and their total, read from the tallies."""
+def message_stats(tenant: str | None = None) -> dict[str, int]:
+    """Counts by status and their total, of one tenant or all, read from the tallies."""
     with read_connection() as connection:
-        counts = tallies.read(connection)
+        counts = tallies.read(connection, tenant)
     stats = {status.value: counts.get(status.value, 0) for status in MessageStatus}
     return {"total": sum(stats.values()), **stats}
 

@@ -217,6 +217,7 @@ def reset_database(app: Flask) -> None:
     with app.app_context(), write_transaction() as connection:
         connection.execute(delete(IdempotencyKey))
         connection.execute(delete(Message))
+        connection.execute(delete(IdempotencyKey))
         connection.execute(update(Tally).values(value=0))
 
 

@@ -92,7 +92,8 @@ class FastIngest:
             return self._flask(environ, start_response)
         with self._app.app_context():
             try:
-                row = self._app.extensions["group_commit"].create(content)
+                tenant = environ[PRINCIPAL_ENVIRON].tenant
+                row = self._app.extensions["group_commit"].create(tenant, content)
             except Exception as error:
                 return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()

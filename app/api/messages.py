@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, request
 
 from app import lifecycle, queries
 from app.api.errors import APIError
+from app.api.guard import principal
 from app.api.payloads import (
     IDEMPOTENCY_HEADER,
     MAX_ID,
@@ -18,6 +19,7 @@ from app.api.payloads import (
     message_content,
     positive_int,
     status_filter,
+    tenant_filter,
 )
 from app.auth.access import requires
 from app.auth.keys import Scope
@@ -25,6 +27,7 @@ from app.lifecycle import IdempotencyKeyReused, IdempotentMessageGone, Idempoten
 from app.models import MessageStatus
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 PUBLIC_FIELDS = (
     "id",
@@ -57,11 +60,35 @@ def location(root_path: str, message_id: int) -> str:
     return f"{root_path}{bp.url_prefix}/{message_id}"
 
 
-def _existing(message_id: int) -> dict[str, Any]:
-    row = queries.get_message(message_id) if message_id <= MAX_ID else None
+def _existing(message_id: int, tenant: str | None) -> dict[str, Any]:
+    """The message, if it exists and (with ``tenant``) is that tenant's; else a 404."""
+    row = queries.get_message(message_id, tenant) if message_id <= MAX_ID else None
     if row is None:
         raise APIError(404, "not_found", f"Message {message_id} does not exist.")
     return row
+
+
+def _readable_tenant() -> str | None:
+    """The tenant a read is limited to: the caller's, or for admin ``?tenant=`` or every one."""
+    caller = principal()
+    asked = tenant_filter(request.args)
+    if caller.may(Scope.ADMIN):
+        return asked
+    if asked is not None and asked != caller.tenant:
+        raise APIError(
+            403,
+            "forbidden",
+            "Only an admin key may read another tenant's messages.",
+            {"required_scope": Scope.ADMIN.value},
+        )
+    return caller.tenant
+
+
+def _idempotency(tenant: str) -> IdempotentRequest | None:
+    key = idempotency_key(request)
+    if key is None:
+        return None
+    return IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"], tenant)
 
 
 @bp.post("")
@@ -73,24 +100,24 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     first request's message and writes nothing.
     """
     content = message_content(json_object(request))
-    key = idempotency_key(request)
-    idempotency = (
-        IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"]) if key is not None else None
-    )
+    tenant = principal().tenant
+    idempotency = _idempotency(tenant)
     if idempotency is None:
-        row, created = current_app.extensions["group_commit"].create(content), True
+        row, created = current_app.extensions["group_commit"].create(tenant, content), True
     else:
-        row, created = _create_idempotent(content, idempotency)
+        [row], created = _create_idempotent([content], idempotency, batch=False)
     url = location(request.root_path, row["id"])
     if not created:
-        return message_out(row), 200, {"Location": url, "Idempotent-Replayed": "true"}
+        return message_out(row), 200, {"Location": url, REPLAYED_HEADER: "true"}
     current_app.extensions["drain_requests"].request_soon()
     return message_out(row), 201, {"Location": url}
 
 
-def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[dict[str, Any], bool]:
+def _create_idempotent(
+    contents: list[str], idempotency: IdempotentRequest, batch: bool
+) -> tuple[list[dict[str, Any]], bool]:
     try:
-        return lifecycle.create_message(content, idempotency)
+        return lifecycle.create_batch(contents, idempotency, idempotency.tenant, batch)
     except IdempotencyKeyReused:
         raise APIError(
             422,
@@ -110,12 +137,24 @@ def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[di
 
 @bp.post("/batch")
 @requires(Scope.SUBMIT)
-def create_messages() -> tuple[dict[str, Any], int]:
-    """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none."""
+def create_messages() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none.
+
+    A repeated ``Idempotency-Key`` with the same batch answers 200 with the first
+    request's messages and writes nothing.
+    """
     contents = batch_contents(json_object(request), current_app.config["MAX_BATCH_MESSAGES"])
-    rows = lifecycle.create_messages(contents)
+    tenant = principal().tenant
+    idempotency = _idempotency(tenant)
+    if idempotency is None:
+        rows, created = lifecycle.create_messages(contents, tenant), True
+    else:
+        rows, created = _create_idempotent(contents, idempotency, batch=True)
+    body = {"messages": [message_out(row) for row in rows]}
+    if not created:
+        return body, 200, {REPLAYED_HEADER: "true"}
     current_app.extensions["drain_requests"].request_soon()
-    return {"messages": [message_out(row) for row in rows]}, 201
+    return body, 201, {}
 
 
 @bp.get("")
@@ -125,7 +164,7 @@ def list_messages() -> dict[str, Any]:
     config = current_app.config
     limit = positive_int(request.args, "limit", config["PAGE_SIZE"], config["MAX_PAGE_SIZE"])
     cursor = positive_int(request.args, "cursor", None, MAX_ID)
-    page = queries.list_messages(limit, cursor, status_filter(request.args))
+    page = queries.list_messages(limit, cursor, status_filter(request.args), _readable_tenant())
     return {
         "messages": [message_out(row) for row in page.messages],
         "limit": limit,
@@ -137,21 +176,21 @@ def list_messages() -> dict[str, Any]:
 @requires(Scope.READ)
 def get_stats() -> dict[str, int]:
     """Counts by status; ``total`` is their sum."""
-    return queries.message_stats()
+    return queries.message_stats(_readable_tenant())
 
 
 @bp.get("/<int:message_id>")
 @requires(Scope.READ)
 def get_message(message_id: int) -> dict[str, Any]:
     """One message with its processing facts."""
-    return message_out(_existing(message_id))
+    return message_out(_existing(message_id, _readable_tenant()))
 
 
 @bp.post("/<int:message_id>/retry")
 @requires(Scope.ADMIN)
 def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
-    """Put a failed message back to pending; 409 for any other status."""
-    current = _existing(message_id)
+    """Put a failed message back to pending (any tenant's: admin only); 409 for other statuses."""
+    current = _existing(message_id, None)
     row = lifecycle.retry_failed(message_id)
     if row is None:
         raise APIError(

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Request
 
 from app.api.errors import APIError, validation_error
+from app.auth.keys import TENANT_PATTERN
 from app.models import MessageStatus
 
 JSON_MIMETYPE = "application/json"
@@ -84,6 +85,18 @@ def positive_int(args: dict[str, str], name: str, default: int | None, maximum: 
             f"'{name}' must be an integer from 1 to {maximum}.", {"field": name, "got": raw}
         )
     return int(raw)
+
+
+def tenant_filter(args: dict[str, str]) -> str | None:
+    """The optional ``tenant`` filter (admin keys only), a well-formed tenant name."""
+    raw = args.get("tenant")
+    if raw is None:
+        return None
+    if not TENANT_PATTERN.fullmatch(raw):
+        raise validation_error(
+            "'tenant' must be 1 to 64 of A-Z a-z 0-9 . _ -", {"field": "tenant", "got": raw[:64]}
+        )
+    return raw
 
 
 def status_filter(args: dict[str, str]) -> MessageStatus | None:
