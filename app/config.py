@@ -253,6 +253,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("N3HUB_KEY_CACHE_SECONDS", "KEY_CACHE_SECONDS", Kind.SECONDS, 5.0,
             "how long a process remembers an API key lookup, so how soon a revoked key is "
             "refused everywhere", minimum=0),
+    Setting("N3HUB_RATE_LIMIT", "RATE_LIMIT", Kind.TEXT, "1000/second;1000000/day",
+            "requests each API key may make, as `N/second;N/minute;N/hour;N/day` "
+            "(a batch counts as its number of messages); empty: no limit",
+            empty_is_value=True),
+    Setting("N3HUB_RATE_LIMIT_REDIS_URL", "RATE_LIMIT_REDIS_URL", Kind.URL, _broker_if_redis,
+            "Redis counting the rate limits for every process and host; empty: no limit",
+            shown_default="the broker URL when it is Redis, else empty", empty_is_value=True),
     Setting("LOG_LEVEL", "LOG_LEVEL", Kind.CHOICE, "INFO", "root log level",
             choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Setting("LOG_FORMAT", "LOG_FORMAT", Kind.CHOICE,

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event
 
 from app.auth.keys import Scope
-from app.extensions import db
-from tests.conftest import keyed_client, make_api_key
+from tests.conftest import keyed_client, make_api_key, statements_run
 from tests.support.polling import wait_for
 
 SUBMIT_READ = frozenset({Scope.SUBMIT, Scope.READ})
@@ -27,14 +25,25 @@ class Tenants:
     admin: FlaskClient
 
 
-@pytest.fixture
-def tenants(app: Flask, client: FlaskClient) -> Tenants:
-    """Three callers on a database emptied by ``client``."""
+def callers(app: Flask) -> Tenants:
+    """Three callers of ``app``, each with a key of its own."""
     return Tenants(
         acme=keyed_client(app, make_api_key(app, "acme", SUBMIT_READ)),
         globex=keyed_client(app, make_api_key(app, "globex", SUBMIT_READ)),
         admin=keyed_client(app, make_api_key(app, "ops", frozenset(Scope))),
     )
+
+
+@pytest.fixture
+def tenants(app: Flask, client: FlaskClient) -> Tenants:
+    """Three callers on a database emptied by ``client``."""
+    return callers(app)
+
+
+@pytest.fixture
+def worker_tenants(worker_app: Flask, worker_client: FlaskClient) -> Tenants:
+    """Three callers on the database the session's worker processes, emptied first."""
+    return callers(worker_app)
 
 
 def created_ids(caller: FlaskClient) -> list[int]:
@@ -133,24 +142,14 @@ def test_a_batch_honours_its_idempotency_key(tenants: Tenants) -> None:
 
 def test_stats_read_the_tallies_not_the_messages(app: Flask, tenants: Tenants) -> None:
     created_ids(tenants.acme)
-    statements: list[str] = []
-    with app.app_context():
-        engine = db.engine
-
-    def seen(conn, cursor, statement, *args) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_run(app) as statements:
         assert tenants.acme.get("/messages/stats").get_json()["total"] == 4
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert len(statements) == 1 and "message_tallies" in statements[0], statements
     assert "FROM messages" not in statements[0]
 
 
-@pytest.mark.usefixtures("worker")
-def test_processing_keeps_each_tenants_counts(tenants: Tenants) -> None:
+def test_processing_keeps_each_tenants_counts(worker_tenants: Tenants) -> None:
+    tenants = worker_tenants
     acme_ids = created_ids(tenants.acme)
     globex_ids = created_ids(tenants.globex)
     fail = tenants.globex.post("/messages", json={"content": "fail-permanent bad"})

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, request
 
 from app import lifecycle, queries
 from app.api.errors import APIError
-from app.api.guard import principal
+from app.api.guard import charge_more, principal
 from app.api.payloads import (
     IDEMPOTENCY_HEADER,
     MAX_ID,
@@ -144,6 +144,7 @@ def create_messages() -> tuple[dict[str, Any], int, dict[str, str]]:
     request's messages and writes nothing.
     """
     contents = batch_contents(json_object(request), current_app.config["MAX_BATCH_MESSAGES"])
+    charge_more(len(contents) - 1)  # the guard charged one request; a batch costs each message
     tenant = principal().tenant
     idempotency = _idempotency(tenant)
     if idempotency is None:
