@@ -37,13 +37,14 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
         table, tally = Message.__tablename__, Tally.__tablename__
+        # Table names are the models' own and every value is a bound parameter: no injection.
         self.insert = (
-            f"INSERT INTO {table}"
+            f"INSERT INTO {table}"  # nosec B608
             " (tenant, content, status, attempts, created_at, updated_at, available_at)"
             f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
         )
         self.add_to_tally = (
-            f"UPDATE {tally} SET value = value + {mark}"
+            f"UPDATE {tally} SET value = value + {mark}"  # nosec B608
             f" WHERE tenant = {mark} AND name = {mark} AND shard = {mark}"
         )
         column = UTCDateTime().dialect_impl(dialect)

@@ -78,6 +78,7 @@ class FastIngest:
         (rule,) = app.url_map.iter_rules(CREATE_ENDPOINT)
         self._path = rule.rule
         self._max_body = app.config["MAX_CONTENT_LENGTH"]
+        self._max_chars = app.config["MAX_CONTENT_CHARS"]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         length = self._plain_length(environ)
@@ -86,7 +87,7 @@ class FastIngest:
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)
         try:
-            content = message_content(parse_json_object(body))
+            content = message_content(parse_json_object(body), self._max_chars)
         except APIError:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)

@@ -68,6 +68,11 @@ def _existing(message_id: int, tenant: str | None) -> dict[str, Any]:
     return row
 
 
+def _json_size(row: dict[str, Any]) -> int:
+    """About how many bytes a row takes in a response (its content and result dominate)."""
+    return len(current_app.json.dumps(message_out(row)).encode("utf-8"))
+
+
 def _readable_tenant() -> str | None:
     """The tenant a read is limited to: the caller's, or for admin ``?tenant=`` or every one."""
     caller = principal()
@@ -99,7 +104,7 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     A repeated ``Idempotency-Key`` with the same content answers 200 with the
     first request's message and writes nothing.
     """
-    content = message_content(json_object(request))
+    content = message_content(json_object(request), current_app.config["MAX_CONTENT_CHARS"])
     tenant = principal().tenant
     idempotency = _idempotency(tenant)
     if idempotency is None:
@@ -143,7 +148,10 @@ def create_messages() -> tuple[dict[str, Any], int, dict[str, str]]:
     A repeated ``Idempotency-Key`` with the same batch answers 200 with the first
     request's messages and writes nothing.
     """
-    contents = batch_contents(json_object(request), current_app.config["MAX_BATCH_MESSAGES"])
+    config = current_app.config
+    contents = batch_contents(
+        json_object(request), config["MAX_BATCH_MESSAGES"], config["MAX_CONTENT_CHARS"]
+    )
     charge_more(len(contents) - 1)  # the guard charged one request; a batch costs each message
     tenant = principal().tenant
     idempotency = _idempotency(tenant)
@@ -165,7 +173,10 @@ def list_messages() -> dict[str, Any]:
     config = current_app.config
     limit = positive_int(request.args, "limit", config["PAGE_SIZE"], config["MAX_PAGE_SIZE"])
     cursor = positive_int(request.args, "cursor", None, MAX_ID)
-    page = queries.list_messages(limit, cursor, status_filter(request.args), _readable_tenant())
+    budget = (config["MAX_RESPONSE_BYTES"], _json_size)
+    page = queries.list_messages(
+        limit, cursor, status_filter(request.args), _readable_tenant(), budget
+    )
     return {
         "messages": [message_out(row) for row in page.messages],
         "limit": limit,

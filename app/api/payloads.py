@@ -27,19 +27,30 @@ def json_object(request: Request) -> dict[str, Any]:
     return parse_json_object(request.get_data(cache=False))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object, or a 4xx APIError saying what is wrong."""
+    """A request body that must be one JSON object, or a 4xx APIError saying what is wrong.
+
+    Only UTF-8 without a byte order mark is read (``json.loads`` would guess
+    UTF-16 or UTF-32 from bytes), and ``NaN``/``Infinity`` are refused: they are
+    not JSON, and no other client could read them back.
+    """
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, RecursionError):
-        raise APIError(400, "invalid_json", "The body is not valid JSON.") from None
+        raise APIError(
+            400, "invalid_json", "The body is not valid JSON in UTF-8 (without a BOM)."
+        ) from None
     if not isinstance(body, dict):
         raise validation_error("The body must be a JSON object.", {"got": type(body).__name__})
     return body
 
 
-def message_content(body: dict[str, Any], field: str = "content") -> str:
-    """The ``content`` field: a non-empty string of valid, storable Unicode."""
+def message_content(body: dict[str, Any], max_chars: int, field: str = "content") -> str:
+    """The ``content`` field: a non-empty string of valid, storable Unicode, not too long."""
     if "content" not in body:
         raise validation_error("'content' is required.", {"field": field})
     content = body["content"]
@@ -47,6 +58,11 @@ def message_content(body: dict[str, Any], field: str = "content") -> str:
         raise validation_error("'content' must be a string.", {"field": field})
     if not content:
         raise validation_error("'content' must not be empty.", {"field": field})
+    if len(content) > max_chars:
+        raise validation_error(
+            f"'content' is longer than {max_chars} characters.",
+            {"field": field, "max_characters": max_chars},
+        )
     if "\x00" in content:
         raise validation_error("'content' must not contain NUL characters.", {"field": field})
     try:
@@ -59,7 +75,7 @@ def message_content(body: dict[str, Any], field: str = "content") -> str:
     return content
 
 
-def batch_contents(body: dict[str, Any], maximum: int) -> list[str]:
+def batch_contents(body: dict[str, Any], maximum: int, max_chars: int) -> list[str]:
     """The contents of ``{"messages": [{"content": ...}, ...]}``, 1 to ``maximum`` of them."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not 1 <= len(messages) <= maximum:
@@ -71,7 +87,7 @@ def batch_contents(body: dict[str, Any], maximum: int) -> list[str]:
         item = f"messages[{index}]"
         if not isinstance(message, dict):
             raise validation_error(f"{item} must be an object.", {"field": item})
-        contents.append(message_content(message, f"{item}.content"))
+        contents.append(message_content(message, max_chars, f"{item}.content"))
     return contents
 
 
@@ -80,9 +96,11 @@ def positive_int(args: dict[str, str], name: str, default: int | None, maximum: 
     raw = args.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # The length first: int() of a long digit string costs time, or raises past 4300 digits.
+    short = len(raw) <= len(str(maximum))
+    if not (short and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= maximum):
         raise validation_error(
-            f"'{name}' must be an integer from 1 to {maximum}.", {"field": name, "got": raw}
+            f"'{name}' must be an integer from 1 to {maximum}.", {"field": name, "got": raw[:32]}
         )
     return int(raw)
 

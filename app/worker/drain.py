@@ -58,6 +58,7 @@ class ProcessingSettings:
     lease_seconds: float
     budget_seconds: float
     gather_seconds: float
+    max_result_bytes: int
 
 
 class DrainSignals(Protocol):
@@ -83,6 +84,7 @@ def init_app(app: Flask) -> None:
         lease_seconds=app.config["LEASE_SECONDS"],
         budget_seconds=app.config["DRAIN_BUDGET"],
         gather_seconds=app.config["CLAIM_GATHER_SECONDS"],
+        max_result_bytes=app.config["MAX_RESULT_BYTES"],
     )
 
 
@@ -92,8 +94,12 @@ def describe_error(error: BaseException) -> str:
     return text[:MAX_ERROR_LENGTH]
 
 
-def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
-    """Run one message through the processor; an exception becomes a failed outcome."""
+def run_processor(processor: Processor, message: ClaimedMessage, max_bytes: int) -> Outcome:
+    """Run one message through the processor; an exception or an oversized result fails it.
+
+    A result over ``max_bytes`` of JSON fails the message at once: running it
+    again would give the same result.
+    """
     try:
         with PROCESSING_DURATION.time():
             result = processor(message)
@@ -102,10 +108,13 @@ def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
     except Exception as error:
         return Outcome(message, error=describe_error(error))
     try:
-        json.dumps(result)
+        size = len(json.dumps(result).encode("utf-8"))
     except (TypeError, ValueError) as error:  # another attempt would return the same
         reason = f"the processor's result is not JSON: {describe_error(error)}"
         return Outcome(message, error=reason[:MAX_ERROR_LENGTH], permanent=True)
+    if size > max_bytes:
+        reason = f"result too large: {size} bytes of JSON, over N3HUB_MAX_RESULT_BYTES={max_bytes}"
+        return Outcome(message, error=reason, permanent=True)
     return Outcome(message, result=result)
 
 
@@ -133,7 +142,7 @@ def process_batch(batch: list[ClaimedMessage], settings: ProcessingSettings) -> 
                 partial(lifecycle.extend_leases, batch[index:], settings.lease_seconds)
             )
             renew_at = time.monotonic() + renew_every
-        outcomes.append(run_processor(settings.processor, message))
+        outcomes.append(run_processor(settings.processor, message, settings.max_result_bytes))
     return outcomes
 
 
