@@ -24,7 +24,22 @@ def json_object(request: Request) -> dict[str, Any]:
             "unsupported_media_type",
             "Send the body as JSON with Content-Type: application/json.",
         )
-    return parse_json_object(request.get_data(cache=False))
+    body = request.get_data(cache=False)
+    if request.content_length is None and _went_past_the_limit(request, len(body)):
+        raise APIError(
+            413, "payload_too_large", f"The body is larger than {request.max_content_length} bytes."
+        )
+    return parse_json_object(body)
+
+
+def _went_past_the_limit(request: Request, read: int) -> bool:
+    """Whether a body without ``Content-Length`` (chunked) went on past the limit.
+
+    Werkzeug stops reading such a body at ``MAX_CONTENT_LENGTH`` without a word,
+    and a body cut there could even parse as JSON.
+    """
+    limit = request.max_content_length
+    return limit is not None and read >= limit and bool(request.environ["wsgi.input"].read(1))
 
 
 def _no_constant(name: str) -> Any:
