@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +357,61 @@ def isolated_app(isolated_env: dict[str, str]) -> Iterator[Flask]:
     with app.app_context():
         yield app
         db.engine.dispose()
+
+
+@dataclass(frozen=True)
+class WebStack:
+    """A web service under Gunicorn for end-to-end tests: where it answers, a key, its app."""
+
+    url: str
+    key: str
+    database_url: str
+    app: Flask
+
+
+@contextmanager
+def web_stack(
+    directory: Path,
+    redis_url: str,
+    database_url: str | None = None,
+    with_worker: bool = False,
+    **settings: str,
+) -> Iterator[WebStack]:
+    """Gunicorn (and a worker if asked) on a database of its own (a new SQLite one by default).
+
+    Its broker is a Redis database of its own, so the session's worker, which
+    processes another database, never takes its wake-ups.
+    """
+    database_url = database_url or f"sqlite:///{directory / 'web.db'}"
+    env = stack_environment(
+        database_url,
+        redis_url,
+        CELERY_BROKER_URL=f"{redis_url}/2",
+        CELERY_RESULT_BACKEND=f"{redis_url}/3",
+        **settings,
+    )
+    app = create_app(load_config(env))
+    processes = [start_worker(env, directory, hostname="stack")] if with_worker else []
+    try:
+        web, port = start_web(env, directory, workers=1)
+        processes.append(web)
+        yield WebStack(f"http://127.0.0.1:{port}", make_api_key(app), database_url, app)
+    finally:
+        for process in processes:
+            process.stop()
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def e2e_stack(
+    request: pytest.FixtureRequest,
+    databases: DatabaseFactory,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WebStack]:
+    """Gunicorn and a worker on a database of their own, for the client, CLI and fuzz tests."""
+    database_url = databases.create(request.param)
+    directory = tmp_path_factory.mktemp("e2e")
+    with web_stack(directory, redis_server.url, database_url, with_worker=True) as stack:
+        yield stack

@@ -35,7 +35,8 @@ from tests.conftest import (
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer, free_port
 
-OPEN_PATHS = {"/healthz", "/readyz"}
+# The probes, the API's description and its docs page (a file of it included).
+OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs/", "/docs/index.css"}
 PLAIN_POST = {"data": b'{"content": "x"}', "content_type": "application/json"}
 
 
@@ -48,7 +49,7 @@ def _count(app: Flask) -> int:
 def every_route(app: Flask) -> Iterator[tuple[str, str]]:
     """(method, path) of every route, ids filled in."""
     for rule in app.url_map.iter_rules():
-        path = rule.rule.replace("<int:message_id>", "1")
+        path = rule.rule.replace("<int:message_id>", "1").replace("<path:path>", "index.css")
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             yield method, path
 
@@ -71,14 +72,14 @@ def test_every_route_but_the_probes_refuses_a_caller_without_a_key(app: Flask, c
     checked = 0
     for method, path in every_route(app):
         kwargs = PLAIN_POST if method == "POST" else {}
-        response = anonymous.open(path, method=method, **kwargs)
-        if path in OPEN_PATHS:
-            assert response.status_code in (200, 503), path
-        elif path == "/metrics":
-            assert response.status_code == 200  # development, no N3HUB_METRICS_TOKEN
-        else:
-            assert_unauthorized(response, invalid=False)
-            checked += 1
+        with anonymous.open(path, method=method, **kwargs) as response:
+            if path in OPEN_PATHS:
+                assert response.status_code in (200, 503), path
+            elif path == "/metrics":
+                assert response.status_code == 200  # development, no N3HUB_METRICS_TOKEN
+            else:
+                assert_unauthorized(response, invalid=False)
+                checked += 1
     assert checked >= 6
     assert_unauthorized(anonymous.get("/no/such/route"), invalid=False)
     assert _count(app) == 0

@@ -1,9 +1,9 @@
-"""The HTTP API: message endpoints, health probes, the JSON error envelope and the guard."""
+"""The HTTP API: messages, probes, OpenAPI and docs, the JSON error envelope and the guard."""
 
 from flask import Flask
 from werkzeug.routing import IntegerConverter
 
-from app.api import errors, fast_ingest, guard, health, messages
+from app.api import docs, errors, fast_ingest, guard, health, messages, openapi
 
 
 class BoundedIntegerConverter(IntegerConverter):
@@ -13,10 +13,12 @@ class BoundedIntegerConverter(IntegerConverter):
 
 
 def init_app(app: Flask) -> None:
-    """Register the API's blueprints, error handlers, the fast path and the guard before both."""
+    """Register blueprints, the API's description and docs, error handlers, fast path and guard."""
     app.url_map.converters["int"] = BoundedIntegerConverter
     errors.init_app(app)
     app.register_blueprint(messages.bp)
     app.register_blueprint(health.bp)
+    openapi.init_app(app)
+    docs.init_app(app)
     fast_ingest.init_app(app)
     guard.init_app(app)

@@ -33,12 +33,15 @@ from flask import Flask
 
 from app.api.errors import APIError
 from app.api.guard import PRINCIPAL_ENVIRON
-from app.api.messages import location, message_out
-from app.api.payloads import (
+from app.api.messages import location
+from app.api.payloads import JSON_MIMETYPE
+from app.api.schemas import (
     IDEMPOTENCY_HEADER,
-    JSON_MIMETYPE,
-    message_content,
-    parse_json_object,
+    MESSAGE,
+    json_bytes,
+    message_in,
+    message_out,
+    parse_body,
 )
 from app.logs import REQUEST_ID_HEADER, request_id_for
 from app.metrics import record_request, time_request_from
@@ -78,7 +81,7 @@ class FastIngest:
         (rule,) = app.url_map.iter_rules(CREATE_ENDPOINT)
         self._path = rule.rule
         self._max_body = app.config["MAX_CONTENT_LENGTH"]
-        self._max_chars = app.config["MAX_CONTENT_CHARS"]
+        self._message_in = message_in(app.config["MAX_CONTENT_CHARS"])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         length = self._plain_length(environ)
@@ -87,7 +90,7 @@ class FastIngest:
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)
         try:
-            content = message_content(parse_json_object(body), self._max_chars)
+            content = parse_body(self._message_in, body).content
         except APIError:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)
@@ -98,7 +101,7 @@ class FastIngest:
             except Exception as error:
                 return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()
-        payload = f"{self._app.json.dumps(message_out(row), separators=(',', ':'))}\n".encode()
+        payload = json_bytes(MESSAGE, message_out(row))
         request_id = request_id_for(environ.get(_REQUEST_ID))
         start_response(
             "201 CREATED",

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from app import lifecycle, queries
 from app.api.errors import APIError
 from app.api.guard import charge_more, principal
-from app.api.payloads import (
+from app.api.payloads import json_body, json_response, request_idempotency_key
+from app.api.schemas import (
     IDEMPOTENCY_HEADER,
     MAX_ID,
-    batch_contents,
-    idempotency_key,
-    json_object,
-    message_content,
-    positive_int,
-    status_filter,
-    tenant_filter,
+    MESSAGE,
+    MESSAGE_LIST,
+    MESSAGE_PAGE,
+    STATS,
+    TenantQuery,
+    batch_in,
+    json_bytes,
+    list_query,
+    message_in,
+    message_out,
+    parse_query,
 )
 from app.auth.access import requires
 from app.auth.keys import Scope
@@ -28,27 +32,6 @@ from app.models import MessageStatus
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 REPLAYED_HEADER = "Idempotent-Replayed"
-
-PUBLIC_FIELDS = (
-    "id",
-    "status",
-    "content",
-    "attempts",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "completed_at",
-    "last_error",
-    "result",
-)
-
-
-def message_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The public JSON shape of a message row."""
-    return {
-        field: row[field].isoformat() if isinstance(row[field], datetime) else row[field]
-        for field in PUBLIC_FIELDS
-    }
 
 
 def location(root_path: str, message_id: int) -> str:
@@ -69,14 +52,13 @@ def _existing(message_id: int, tenant: str | None) -> dict[str, Any]:
 
 
 def _json_size(row: dict[str, Any]) -> int:
-    """About how many bytes a row takes in a response (its content and result dominate)."""
-    return len(current_app.json.dumps(message_out(row)).encode("utf-8"))
+    """How many bytes a row takes in a response (its content and result dominate)."""
+    return len(json_bytes(MESSAGE, message_out(row)))
 
 
-def _readable_tenant() -> str | None:
+def _readable_tenant(asked: str | None) -> str | None:
     """The tenant a read is limited to: the caller's, or for admin ``?tenant=`` or every one."""
     caller = principal()
-    asked = tenant_filter(request.args)
     if caller.may(Scope.ADMIN):
         return asked
     if asked is not None and asked != caller.tenant:
@@ -89,8 +71,13 @@ def _readable_tenant() -> str | None:
     return caller.tenant
 
 
+def _asked_tenant() -> str | None:
+    """The ``?tenant=`` of a read other than the listing."""
+    return parse_query(TenantQuery, request.args).tenant
+
+
 def _idempotency(tenant: str) -> IdempotentRequest | None:
-    key = idempotency_key(request)
+    key = request_idempotency_key(request)
     if key is None:
         return None
     return IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"], tenant)
@@ -98,13 +85,13 @@ def _idempotency(tenant: str) -> IdempotentRequest | None:
 
 @bp.post("")
 @requires(Scope.SUBMIT)
-def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
+def create_message() -> Response:
     """Store a message; it is committed before this answers, then queued for processing.
 
     A repeated ``Idempotency-Key`` with the same content answers 200 with the
     first request's message and writes nothing.
     """
-    content = message_content(json_object(request), current_app.config["MAX_CONTENT_CHARS"])
+    content = json_body(request, message_in(current_app.config["MAX_CONTENT_CHARS"])).content
     tenant = principal().tenant
     idempotency = _idempotency(tenant)
     if idempotency is None:
@@ -113,9 +100,10 @@ def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
         [row], created = _create_idempotent([content], idempotency, batch=False)
     url = location(request.root_path, row["id"])
     if not created:
-        return message_out(row), 200, {"Location": url, REPLAYED_HEADER: "true"}
+        replayed = {"Location": url, REPLAYED_HEADER: "true"}
+        return json_response(MESSAGE, message_out(row), 200, replayed)
     current_app.extensions["drain_requests"].request_soon()
-    return message_out(row), 201, {"Location": url}
+    return json_response(MESSAGE, message_out(row), 201, {"Location": url})
 
 
 def _create_idempotent(
@@ -142,16 +130,16 @@ def _create_idempotent(
 
 @bp.post("/batch")
 @requires(Scope.SUBMIT)
-def create_messages() -> tuple[dict[str, Any], int, dict[str, str]]:
+def create_messages() -> Response:
     """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none.
 
     A repeated ``Idempotency-Key`` with the same batch answers 200 with the first
     request's messages and writes nothing.
     """
     config = current_app.config
-    contents = batch_contents(
-        json_object(request), config["MAX_BATCH_MESSAGES"], config["MAX_CONTENT_CHARS"]
-    )
+    maximum = config["MAX_BATCH_MESSAGES"]
+    batch = json_body(request, batch_in(maximum, config["MAX_CONTENT_CHARS"]), maximum)
+    contents = [message.content for message in batch.messages]
     charge_more(len(contents) - 1)  # the guard charged one request; a batch costs each message
     tenant = principal().tenant
     idempotency = _idempotency(tenant)
@@ -161,46 +149,51 @@ def create_messages() -> tuple[dict[str, Any], int, dict[str, str]]:
         rows, created = _create_idempotent(contents, idempotency, batch=True)
     body = {"messages": [message_out(row) for row in rows]}
     if not created:
-        return body, 200, {REPLAYED_HEADER: "true"}
+        return json_response(MESSAGE_LIST, body, 200, {REPLAYED_HEADER: "true"})
     current_app.extensions["drain_requests"].request_soon()
-    return body, 201, {}
+    return json_response(MESSAGE_LIST, body, 201)
 
 
 @bp.get("")
 @requires(Scope.READ)
-def list_messages() -> dict[str, Any]:
-    """Messages newest first, one page at a time; ``?status=`` filters."""
+def list_messages() -> Response:
+    """Messages newest first, one page at a time; ``?status=`` filters, ``?tenant=`` for admin."""
     config = current_app.config
-    limit = positive_int(request.args, "limit", config["PAGE_SIZE"], config["MAX_PAGE_SIZE"])
-    cursor = positive_int(request.args, "cursor", None, MAX_ID)
+    query = parse_query(list_query(config["PAGE_SIZE"], config["MAX_PAGE_SIZE"]), request.args)
     budget = (config["MAX_RESPONSE_BYTES"], _json_size)
     page = queries.list_messages(
-        limit, cursor, status_filter(request.args), _readable_tenant(), budget
+        query.limit, query.cursor, query.status, _readable_tenant(query.tenant), budget
     )
-    return {
-        "messages": [message_out(row) for row in page.messages],
-        "limit": limit,
-        "next_cursor": str(page.next_cursor) if page.next_cursor is not None else None,
-    }
+    cursor = str(page.next_cursor) if page.next_cursor is not None else None
+    return json_response(
+        MESSAGE_PAGE,
+        {
+            "messages": [message_out(row) for row in page.messages],
+            "limit": query.limit,
+            "next_cursor": cursor,
+        },
+    )
 
 
 @bp.get("/stats")
 @requires(Scope.READ)
-def get_stats() -> dict[str, int]:
+def get_stats() -> Response:
     """Counts by status; ``total`` is their sum."""
-    return queries.message_stats(_readable_tenant())
+    return json_response(STATS, queries.message_stats(_readable_tenant(_asked_tenant())))
 
 
 @bp.get("/<int:message_id>")
 @requires(Scope.READ)
-def get_message(message_id: int) -> dict[str, Any]:
+def get_message(message_id: int) -> Response:
     """One message with its processing facts."""
-    return message_out(_existing(message_id, _readable_tenant()))
+    return json_response(
+        MESSAGE, message_out(_existing(message_id, _readable_tenant(_asked_tenant())))
+    )
 
 
 @bp.post("/<int:message_id>/retry")
 @requires(Scope.ADMIN)
-def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
+def retry_message(message_id: int) -> Response:
     """Put a failed message back to pending (any tenant's: admin only); 409 for other statuses."""
     current = _existing(message_id, None)
     row = lifecycle.retry_failed(message_id)
@@ -212,4 +205,4 @@ def retry_message(message_id: int) -> tuple[dict[str, Any], int]:
             {"status": current["status"], "retryable_status": MessageStatus.FAILED.value},
         )
     current_app.extensions["drain_requests"].request_soon()
-    return message_out(row), 202
+    return json_response(MESSAGE, message_out(row), 202)
