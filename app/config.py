@@ -20,6 +20,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
 DEFAULT_DATABASE_URL = f"sqlite:///{INSTANCE_DIR / 'messages.db'}"
@@ -281,12 +284,43 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 
-def normalise_database_url(url: str) -> str:
-    """Point plain ``postgres://`` and ``postgresql://`` URLs at the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+# The databases N3Hub runs on, each through the driver pinned in requirements.txt.
+SUPPORTED_DATABASES = (
+    "sqlite://, postgresql:// (psycopg) and mysql:// (PyMySQL; MySQL 8.0.1+, MariaDB 10.6+)"
+)
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_SUPPORTED_DRIVERS = {"sqlite", "sqlite+pysqlite", *_DRIVERS.values()}
+
+
+def normalise_database_url(raw: str) -> str:
+    """Point a database URL at the pinned driver, or refuse a database N3Hub does not support.
+
+    ``postgresql://`` becomes ``postgresql+psycopg://`` and ``mysql://``
+    ``mysql+pymysql://``; MySQL and MariaDB connections always speak ``utf8mb4``.
+    """
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(f"DATABASE_URL={raw!r} is not a database URL") from None
+    drivername = _DRIVERS.get(url.drivername, url.drivername)
+    if drivername not in _SUPPORTED_DRIVERS:
+        raise ConfigError(
+            f"DATABASE_URL uses {url.drivername!r}, which N3Hub does not support;"
+            f" it runs on {SUPPORTED_DATABASES}"
+        )
+    if drivername.startswith("sqlite"):
+        return raw
+    url = url.set(drivername=drivername)
+    if drivername.endswith("+pymysql"):
+        # Anything narrower than utf8mb4 cannot hold every message (emoji).
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url.render_as_string(hide_password=False)
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:

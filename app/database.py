@@ -9,6 +9,11 @@ SQLite's own busy handler polls with sleeps of up to 100 ms, which under
 contention leaves the database idle while writers sleep; a kernel lock hands
 over at once (waited for off the event loop under gevent: :mod:`app.cooperative`).
 Pooled connections are dropped in forked children (Gunicorn, Celery prefork).
+
+MySQL and MariaDB connections read committed data, as PostgreSQL's do: InnoDB's
+default (REPEATABLE READ) would also lock the gaps between index entries that a
+claim scans, and so hold up the web's inserts of new pending messages. A server
+too old for ``FOR UPDATE SKIP LOCKED`` is refused at start.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 from flask import Flask, current_app
 from flask_migrate import upgrade
 from sqlalchemy import Engine, event
@@ -34,6 +41,7 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import tallies
+from app.config import SUPPORTED_DATABASES, ConfigError
 from app.cooperative import call_blocking
 from app.extensions import db, migrate
 
@@ -41,6 +49,14 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 WRITE_OPTION = "n3hub_write"
 # Any constant works; it only has to be the same in every process that migrates.
 MIGRATION_LOCK_ID = 0x4E334855
+MIGRATION_LOCK_NAME = "n3hub_migrations"
+MIGRATION_LOCK_TIMEOUT_SECONDS = 600
+MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
+# Oldest servers with FOR UPDATE SKIP LOCKED, which claims need.
+MINIMUM_MYSQL = (8, 0, 1)
+MINIMUM_MARIADB = (10, 6)
+# Exact comparison of text (no case folding, trailing spaces significant), in order of preference.
+EXACT_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
 
 WAL_SWITCH_RETRY_SECONDS = 0.005
 _TRANSIENT_SQLSTATES = {
@@ -49,6 +65,10 @@ _TRANSIENT_SQLSTATES = {
 }
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class UnsupportedDatabase(ConfigError):
+    """The database server cannot give N3Hub's guarantees."""
 
 
 def _drop_inherited_connections() -> None:
@@ -64,9 +84,7 @@ def init_app(app: Flask) -> None:
     url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    # A network database may drop idle connections; a local SQLite file cannot.
-    pre_ping = url.get_backend_name() != "sqlite"
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": pre_ping})
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(url.get_backend_name()))
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     with app.app_context():
@@ -75,6 +93,10 @@ def init_app(app: Flask) -> None:
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine, app.config)
         try:
+            if engine.dialect.name in MYSQL_DIALECTS:
+                with engine.connect() as connection:
+                    version = connection.exec_driver_sql("SELECT VERSION()").scalar_one()
+                require_skip_locked(version)
             if app.config["AUTO_MIGRATE"]:
                 upgrade_schema()
             with engine.connect() as connection:
@@ -82,6 +104,49 @@ def init_app(app: Flask) -> None:
         finally:
             # Leave no pooled connection behind for a process that forks after this.
             engine.dispose()
+
+
+def _engine_options(backend: str) -> dict[str, Any]:
+    # A network database may drop idle connections; a local SQLite file cannot.
+    if backend == "sqlite":
+        return {"pool_pre_ping": False}
+    if backend in MYSQL_DIALECTS:
+        return {"pool_pre_ping": True, "isolation_level": "READ COMMITTED"}
+    return {"pool_pre_ping": True}
+
+
+def require_skip_locked(server_version: str) -> None:
+    """Refuse a MySQL or MariaDB server (``SELECT VERSION()``) without ``SKIP LOCKED``."""
+    mariadb = "mariadb" in server_version.lower()
+    # MariaDB before 11 may report itself behind a "5.5.5-" prefix kept for old replicas.
+    numbers = server_version.removeprefix("5.5.5-") if mariadb else server_version
+    version = tuple(int(part) for part in re.findall(r"\d+", numbers.split("-")[0])[:3])
+    minimum = MINIMUM_MARIADB if mariadb else MINIMUM_MYSQL
+    if version < minimum:
+        name = "MariaDB" if mariadb else "MySQL"
+        raise UnsupportedDatabase(
+            f"DATABASE_URL points at {name} {server_version}, too old for the claims"
+            f" (FOR UPDATE SKIP LOCKED); N3Hub runs on {SUPPORTED_DATABASES}"
+        )
+
+
+def mysql_table_options(connection: Connection) -> dict[str, str]:
+    """``create_table`` options for MySQL and MariaDB: InnoDB, utf8mb4, exact comparison.
+
+    Every text column of N3Hub's tables compares byte for byte: an idempotency
+    key differing only in case or in trailing spaces is another key. Other
+    databases get no options.
+    """
+    if connection.dialect.name not in MYSQL_DIALECTS:
+        return {}
+    available = set(
+        connection.exec_driver_sql(
+            "SELECT collation_name FROM information_schema.collations"
+            " WHERE character_set_name = 'utf8mb4'"
+        ).scalars()
+    )
+    collation = next(name for name in EXACT_COLLATIONS if name in available)
+    return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": collation}
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
@@ -227,7 +292,14 @@ def is_transient_error(error: BaseException) -> bool:
     Knows SQLAlchemy's wrapped errors and the drivers' own, which
     :func:`driver_write_transaction` lets through.
     """
-    if isinstance(error, OperationalError | sqlite3.OperationalError | psycopg.OperationalError):
+    if isinstance(
+        error,
+        OperationalError
+        | sqlite3.OperationalError
+        | psycopg.OperationalError
+        | pymysql.OperationalError  # deadlock, lock wait timeout, lost connection
+        | pymysql.InterfaceError,  # the connection was already closed
+    ):
         return True
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
@@ -236,10 +308,30 @@ def is_transient_error(error: BaseException) -> bool:
     return getattr(error, "sqlstate", "") in _TRANSIENT_SQLSTATES
 
 
-def lock_for_migration(connection: Connection) -> None:
-    """Serialise concurrent schema upgrades: web and worker processes start together."""
+@contextmanager
+def migration_lock(connection: Connection) -> Iterator[None]:
+    """Serialise concurrent schema upgrades: web and worker processes start together.
+
+    Taken before the migrations' transaction begins, which then continues the
+    one the lock statement opened. SQLite needs nothing: that transaction holds
+    the write lock from BEGIN. PostgreSQL's advisory lock ends with it; MySQL
+    commits each DDL statement at once, so there a named lock is held until the
+    transaction has committed the new revision.
+    """
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+    if connection.dialect.name not in MYSQL_DIALECTS:
+        yield
+        return
+    taken = connection.exec_driver_sql(
+        f"SELECT GET_LOCK('{MIGRATION_LOCK_NAME}', {MIGRATION_LOCK_TIMEOUT_SECONDS})"
+    ).scalar()
+    if taken != 1:
+        raise TimeoutError(f"another process held {MIGRATION_LOCK_NAME!r} for too long")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(f"SELECT RELEASE_LOCK('{MIGRATION_LOCK_NAME}')")
 
 
 def upgrade_schema() -> None:

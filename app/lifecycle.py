@@ -196,9 +196,17 @@ def purge_expired_idempotency_keys(limit: int = 1000) -> int:
     """Delete up to ``limit`` expired idempotency keys; return how many."""
     now = utcnow()
     with write_transaction() as connection:
-        expired = select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+        # Two statements, not DELETE ... IN (SELECT ... LIMIT), which MySQL refuses.
+        expired = connection.execute(
+            select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+        ).scalars()
+        keys = list(expired)
+        if not keys:
+            return 0
         return connection.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.key.in_(expired.scalar_subquery()))
+            delete(IdempotencyKey).where(
+                IdempotencyKey.key.in_(keys), IdempotencyKey.expires_at <= now
+            )
         ).rowcount
 
 
@@ -249,29 +257,58 @@ def _claim_statement(*, retried: bool) -> Update:
     return (
         update(Message)
         .where(Message.id.in_(due.scalar_subquery()))
-        .values(
-            status=PROCESSING,
-            attempts=Message.attempts + 1,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
-        )
+        .values(**_CLAIMED_VALUES)
         .returning(Message.id, Message.content, Message.attempts, Message.created_at)
     )
 
 
+_CLAIMED_VALUES = {
+    "status": PROCESSING,
+    "attempts": Message.attempts + 1,
+    "started_at": bindparam("m_now", type_=UTCDateTime()),
+    "updated_at": bindparam("m_now", type_=UTCDateTime()),
+    "lease_expires_at": bindparam("m_lease", type_=UTCDateTime()),
+}
 _claim_retried = _claim_statement(retried=True)
 _claim_new = _claim_statement(retried=False)
+
+
+def _lock_statement(*, retried: bool) -> Select[Any]:
+    """MySQL's first claim step: lock the due rows, skipping those another claim holds."""
+    return (
+        _due(retried=retried, now=bindparam("m_now", type_=UTCDateTime()))
+        .with_only_columns(Message.id, Message.content, Message.attempts, Message.created_at)
+        .limit(bindparam("m_limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+_lock_retried = _lock_statement(retried=True)
+_lock_new = _lock_statement(retried=False)
+_claim_locked = (
+    update(Message)
+    .where(Message.id.in_(bindparam("m_ids", expanding=True)))
+    .values(**_CLAIMED_VALUES)
+)
 
 
 def _claim(
     connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
 ) -> list[ClaimedMessage]:
-    rows = connection.execute(
-        _claim_retried if retried else _claim_new,
-        {"m_now": now, "m_limit": limit, "m_lease": lease_until},
-    )
-    return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
+    values = {"m_now": now, "m_limit": limit, "m_lease": lease_until}
+    if connection.dialect.update_returning:
+        rows = connection.execute(_claim_retried if retried else _claim_new, values)
+        claimed = [ClaimedMessage(*row) for row in rows]
+    else:
+        # MySQL has no UPDATE ... RETURNING and refuses LIMIT in an IN subquery: lock the
+        # rows, then update them by id in the same transaction; nobody else can claim them.
+        locked = connection.execute(_lock_retried if retried else _lock_new, values).all()
+        if locked:
+            connection.execute(_claim_locked, {**values, "m_ids": [row.id for row in locked]})
+        claimed = [
+            ClaimedMessage(row.id, row.content, row.attempts + 1, row.created_at) for row in locked
+        ]
+    return sorted(claimed, key=lambda message: message.id)
 
 
 def _record_outcome(status: MessageStatus, **values: Any) -> Update:
@@ -418,12 +455,15 @@ def retry_failed(message_id: int) -> dict[str, Any] | None:
     """Put a ``failed`` message back to ``pending`` with fresh attempts; None if not failed."""
     now = utcnow()
     with write_transaction() as connection:
-        row = connection.execute(
+        moved = connection.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == FAILED)
             .values(status=PENDING, attempts=0, available_at=now, updated_at=now, completed_at=None)
-            .returning(*Message.__table__.columns)
-        ).one_or_none()
-        if row is not None:
-            tallies.apply(connection, {FAILED: -1, PENDING: 1})
-    return row._asdict() if row is not None else None
+        ).rowcount
+        if not moved:
+            return None
+        tallies.apply(connection, {FAILED: -1, PENDING: 1})
+        row = connection.execute(
+            select(*Message.__table__.columns).where(Message.id == message_id)
+        ).one()
+    return row._asdict()

@@ -24,6 +24,7 @@ from app.extensions import db
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+_ZONELESS = frozenset({"sqlite", "mysql", "mariadb"})
 
 
 class MessageStatus(StrEnum):
@@ -38,7 +39,7 @@ class MessageStatus(StrEnum):
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored in UTC and always read back timezone-aware.
 
-    SQLite keeps no zone, so values are normalised to naive UTC on the way in.
+    SQLite and MySQL keep no zone, so there values are stored as naive UTC.
     """
 
     impl = DateTime(timezone=True)
@@ -48,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in _ZONELESS else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:

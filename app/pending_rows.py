@@ -11,6 +11,13 @@ through the bind processor of the column type as the dialect implements it
 (on SQLite, SQLAlchemy's own text format), once per transaction, so they are
 stored exactly as SQLAlchemy stores them elsewhere. Every other write keeps to
 SQLAlchemy.
+
+Each message is its own single-row INSERT, which gives its id back: through
+``RETURNING`` where the database has it (SQLite, PostgreSQL), else from the
+driver's ``lastrowid`` (MySQL and MariaDB: ``LAST_INSERT_ID()`` of that one
+row). A multi-row INSERT would save round trips, but MySQL's default
+auto-increment lock mode ("interleaved") does not promise its ids are
+consecutive, so they could not be told from another process's.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 
 from app import tallies
+from app.database import MYSQL_DIALECTS
 from app.models import Message, MessageStatus, Tally, UTCDateTime
 
 PENDING = MessageStatus.PENDING
@@ -35,10 +43,11 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
         table, tally = Message.__tablename__, Tally.__tablename__
+        self.returning = dialect.name not in MYSQL_DIALECTS
         self.insert = (
             f"INSERT INTO {table} (content, status, attempts, created_at, updated_at, available_at)"
-            f" VALUES ({mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
-        )
+            f" VALUES ({mark}, '{PENDING}', 0, {mark}, {mark}, {mark})"
+        ) + (" RETURNING id" if self.returning else "")
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark} WHERE name = {mark} AND shard = {mark}"
         )
@@ -69,7 +78,7 @@ def insert(
         ids = []
         for content in contents:
             cursor.execute(statements.insert, (content, stored_now, stored_now, stored_now))
-            ids.append(cursor.fetchone()[0])
+            ids.append(cursor.fetchone()[0] if statements.returning else cursor.lastrowid)
         cursor.execute(
             statements.add_to_tally, (len(contents), PENDING.value, tallies.random_shard())
         )

@@ -325,6 +325,21 @@ def test_idempotent_replay_of_a_deleted_message_is_410(client: FlaskClient, app)
     assert error["details"] == {"header": "Idempotency-Key", "message_id": created["id"]}
 
 
+def test_idempotency_keys_differing_in_case_or_trailing_spaces_are_different_keys(
+    client: FlaskClient,
+) -> None:
+    """Keys compare byte for byte, on MySQL too (no case folding, no PAD SPACE)."""
+    keys = ["order-45", "Order-45", "order-45 ", "order-45  "]
+    ids = {
+        client.post(
+            "/messages", json={"content": key}, headers={"Idempotency-Key": key}
+        ).get_json()["id"]
+        for key in keys
+    }
+    assert len(ids) == len(keys)
+    assert total_messages(client) == len(keys)
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
 def test_bad_idempotency_key_is_400(client: FlaskClient, key: str) -> None:
     response = client.post(
@@ -417,21 +432,40 @@ def test_bad_batch_is_rejected_whole(client: FlaskClient, body: dict, field: str
     assert total_messages(client) == 0
 
 
-def test_ingest_survives_postgresql_dropping_its_connections(databases, redis_server) -> None:
-    """The ingest's pooled DB-API connections are checked (pre-ping) before reuse."""
-    url = databases.create("postgresql")
-    app = create_app(load_config(stack_environment(url, redis_server.url)))
-    client = keyed_client(app)
-    try:
-        assert client.post("/messages", json={"content": "before"}).status_code == 201
-        outsider = create_engine(url, poolclass=NullPool)
-        with outsider.begin() as connection:
+def terminate_other_connections(url: str) -> int:
+    """Kill every other connection to the database at ``url``, as a server restart would."""
+    outsider = create_engine(url, poolclass=NullPool)
+    with outsider.begin() as connection:
+        if connection.dialect.name == "postgresql":
             terminated = connection.exec_driver_sql(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).scalar()
-        outsider.dispose()
-        assert terminated >= 1  # the app's pooled connection, idle since the first POST
+        else:
+            others = connection.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist"
+                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            ).scalars()
+            terminated = 0
+            for connection_id in list(others):
+                connection.exec_driver_sql(f"KILL {int(connection_id)}")
+                terminated += 1
+    outsider.dispose()
+    return terminated
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_ingest_survives_the_database_dropping_its_connections(
+    databases, redis_server, kind: str
+) -> None:
+    """The ingest's pooled DB-API connections are checked (pre-ping) before reuse."""
+    url = databases.create(kind)
+    app = create_app(load_config(stack_environment(url, redis_server.url)))
+    client = keyed_client(app)
+    try:
+        assert client.post("/messages", json={"content": "before"}).status_code == 201
+        # At least the app's pooled connection, idle since the first POST.
+        assert terminate_other_connections(url) >= 1
         for path, body in [
             ("/messages", {"content": "after"}),
             ("/messages/batch", {"messages": [{"content": "after, in a batch"}]}),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
-from app.config import DEFAULT_DATABASE_URL, ConfigError, load_config
+from app.config import DEFAULT_DATABASE_URL, PROJECT_ROOT, ConfigError, load_config
 from app.logs import configure_logging
 
 
@@ -34,6 +37,43 @@ def test_postgres_urls_use_psycopg3() -> None:
         assert load_config({"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == (
             "postgresql+psycopg://u@h/db"
         )
+
+
+def test_mysql_urls_use_pymysql_and_utf8mb4() -> None:
+    for url, expected in [
+        ("mysql://u:p@h:3306/db", "mysql+pymysql://u:p@h:3306/db?charset=utf8mb4"),
+        ("mysql+pymysql://u@h/db?charset=latin1", "mysql+pymysql://u@h/db?charset=utf8mb4"),
+        ("mariadb://u@h/db", "mariadb+pymysql://u@h/db?charset=utf8mb4"),
+    ]:
+        assert load_config({"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["oracle://u:p@h/x", "mssql+pyodbc://h/x", "mysql+mysqldb://u@h/db", "not a url"],
+)
+def test_unsupported_databases_are_refused_naming_the_supported_ones(url: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+        load_config({"DATABASE_URL": url})
+    message = str(refused.value)
+    assert "\n" not in message
+    if url != "not a url":
+        assert "postgresql://" in message and "mysql://" in message and "sqlite://" in message
+
+
+def test_the_app_refuses_to_start_on_an_unsupported_database() -> None:
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": "oracle://scott:tiger@127.0.0.1/orcl"}
+    started = subprocess.run(
+        [sys.executable, "-c", "from app import create_app; create_app()"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    last_line = started.stderr.strip().splitlines()[-1]
+    assert "'oracle'" in last_line and "mysql://" in last_line, started.stderr
 
 
 def test_amqp_broker_has_no_wake_marker() -> None:

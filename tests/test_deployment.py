@@ -1,11 +1,11 @@
 """The container set-up, proven without a Docker engine.
 
-``docker-compose.yaml``, ``docker-compose.postgres.yaml``, the ``Dockerfile`` and
+``docker-compose.yaml``, its PostgreSQL and MariaDB overrides, the ``Dockerfile`` and
 ``.dockerignore`` are read as data and checked for what Compose and the Docker
 builder rely on. Then the web and worker services' own commands (the image's
 entrypoint with the service's ``command:``) run here as native processes, with
 the image's and the service's environment, where only what a container has and
-this machine has not is swapped: the hosts ``redis`` and ``postgres`` become
+this machine has not is swapped: the hosts ``redis``, ``postgres`` and ``mariadb`` become
 the test servers, published ports become free ones, and volume paths become
 temporary directories.
 """
@@ -47,12 +47,14 @@ VENV_BIN = Path(sys.executable).parent
 DEFAULT_SERVICES = {"web", "worker", "redis"}
 PROFILE_SERVICES = {
     "postgres": {"postgres"},
+    "mariadb": {"mariadb"},
     "prometheus": {"prometheus"},
     "grafana": {"grafana", "prometheus"},
     "flower": {"flower"},
     "monitoring": {"prometheus", "grafana", "flower"},
 }
 POSTGRES_OVERRIDE = "docker-compose.postgres.yaml"
+MARIADB_OVERRIDE = "docker-compose.mariadb.yaml"
 METRICS_TOKEN_SECRET = "/run/secrets/metrics_token"
 METRICS_TOKEN = "native-stack-metrics-token"
 # Environment a developer's shell may hold that would leak into the "container".
@@ -332,35 +334,78 @@ def test_redis_persists_never_evicts_and_reports_health(compose: dict) -> None:
     assert healthcheck_argv(redis["healthcheck"]["test"]) == ["redis-cli", "ping"]
 
 
-def test_postgres_profile_and_override_point_the_app_at_it() -> None:
-    project = compose_project("docker-compose.yaml", POSTGRES_OVERRIDE)
-    postgres = project["services"]["postgres"]
-    assert postgres["image"] == "postgres:16-alpine"
-    assert healthcheck_argv(postgres["healthcheck"]["test"])[0] == "pg_isready"
-    assert any(m.named and m.target == "/var/lib/postgresql/data" for m in mounts(postgres))
+@dataclass(frozen=True)
+class DatabaseProfile:
+    """A Compose profile that adds a database server, and its override file."""
+
+    service: str
+    override: str
+    image: str
+    healthcheck: str
+    data_dir: str
+    drivername: str
+    port: int
+    credentials: tuple[str, str, str]  # the server's user, password and database variables
+    password_variable: str
+
+
+DATABASE_PROFILES = {
+    "postgres": DatabaseProfile(
+        "postgres",
+        POSTGRES_OVERRIDE,
+        "postgres:16-alpine",
+        "pg_isready",
+        "/var/lib/postgresql/data",
+        "postgresql+psycopg",
+        5432,
+        ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"),
+        "POSTGRES_PASSWORD",
+    ),
+    "mariadb": DatabaseProfile(
+        "mariadb",
+        MARIADB_OVERRIDE,
+        "mariadb:10.11",
+        "healthcheck.sh",
+        "/var/lib/mysql",
+        "mysql+pymysql",
+        3306,
+        ("MARIADB_USER", "MARIADB_PASSWORD", "MARIADB_DATABASE"),
+        "MARIADB_PASSWORD",
+    ),
+}
+
+
+@pytest.mark.parametrize("profile", DATABASE_PROFILES.values(), ids=DATABASE_PROFILES)
+def test_database_profile_and_override_point_the_app_at_it(profile: DatabaseProfile) -> None:
+    project = compose_project("docker-compose.yaml", profile.override)
+    server = project["services"][profile.service]
+    assert server["image"] == profile.image
+    assert healthcheck_argv(server["healthcheck"]["test"])[0] == profile.healthcheck
+    assert any(m.named and m.target == profile.data_dir for m in mounts(server))
     # The override touches only what a mapping merge handles (see merge()).
-    for service in read_yaml(POSTGRES_OVERRIDE)["services"].values():
+    for service in read_yaml(profile.override)["services"].values():
         assert set(service) <= {"environment", "depends_on"}
-    credentials = postgres["environment"]
+    credentials = [server["environment"][name] for name in profile.credentials]
     for name in ("web", "worker"):
         service = project["services"][name]
         url = make_url(service["environment"]["DATABASE_URL"])
-        assert url.drivername == "postgresql+psycopg"
-        assert (url.host, url.port) == ("postgres", 5432)
-        assert (url.username, url.password, url.database) == (
-            credentials["POSTGRES_USER"],
-            credentials["POSTGRES_PASSWORD"],
-            credentials["POSTGRES_DB"],
-        )
-        assert depends_on(service) == {"redis": "service_healthy", "postgres": "service_healthy"}
-    assert active_services(project, "postgres") == DEFAULT_SERVICES | {"postgres"}
+        assert url.drivername == profile.drivername
+        assert (url.host, url.port) == (profile.service, profile.port)
+        assert [url.username, url.password, url.database] == credentials
+        assert depends_on(service) == {
+            "redis": "service_healthy",
+            profile.service: "service_healthy",
+        }
+    assert active_services(project, profile.service) == DEFAULT_SERVICES | {profile.service}
 
 
-def test_postgres_password_comes_from_the_environment() -> None:
+@pytest.mark.parametrize("profile", DATABASE_PROFILES.values(), ids=DATABASE_PROFILES)
+def test_database_password_comes_from_the_environment(profile: DatabaseProfile) -> None:
     project = compose_project(
-        "docker-compose.yaml", POSTGRES_OVERRIDE, env={"POSTGRES_PASSWORD": "s3cret"}
+        "docker-compose.yaml", profile.override, env={profile.password_variable: "s3cret"}
     )
-    assert project["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    server = project["services"][profile.service]
+    assert server["environment"][profile.password_variable] == "s3cret"
     url = project["services"]["web"]["environment"]["DATABASE_URL"]
     assert make_url(url).password == "s3cret"
 
@@ -459,7 +504,11 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     docker_compose = require_binary(
         "docker-compose", "docker-compose", "N3HUB_REQUIRE_DOCKER_COMPOSE"
     )
-    for files in (["docker-compose.yaml"], ["docker-compose.yaml", POSTGRES_OVERRIDE]):
+    for files in (
+        ["docker-compose.yaml"],
+        ["docker-compose.yaml", POSTGRES_OVERRIDE],
+        ["docker-compose.yaml", MARIADB_OVERRIDE],
+    ):
         argv = [docker_compose, *(f"-f{name}" for name in files), "config", "-q"]
         done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
@@ -700,18 +749,20 @@ def stale_metrics_file(directory: Path) -> Path:
     return stale
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+NATIVE_OVERRIDES = {"sqlite": [], "postgresql": [POSTGRES_OVERRIDE], "mysql": [MARIADB_OVERRIDE]}
+
+
+@pytest.fixture(params=sorted(NATIVE_OVERRIDES))
 def native_stack(
     request: pytest.FixtureRequest, databases: DatabaseFactory, tmp_path: Path
 ) -> Iterator[NativeStack]:
-    files = ["docker-compose.yaml"] + ([POSTGRES_OVERRIDE] if request.param == "postgresql" else [])
-    project = compose_project(*files)
+    project = compose_project("docker-compose.yaml", *NATIVE_OVERRIDES[request.param])
     # HOME: the image user's home, where Gunicorn puts its control socket.
     overrides = {"HOST": "127.0.0.1", "HOME": str(tmp_path / "home")}
-    if request.param == "postgresql":
-        # The URL's agreement with the postgres service is checked above; here it is the
+    if request.param != "sqlite":
+        # The URL's agreement with the database service is checked above; here it is the
         # test server's, with a database of this test's own.
-        overrides["DATABASE_URL"] = databases.create("postgresql")
+        overrides["DATABASE_URL"] = databases.create(request.param)
     redis, redis_url = start_compose_redis(project, tmp_path / "redis-data")
     token_file = tmp_path / "metrics-token"
     token_file.write_text(f"{METRICS_TOKEN}\n")

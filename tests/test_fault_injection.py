@@ -23,6 +23,7 @@ from app.config import load_config
 from app.database import read_connection
 from app.extensions import db
 from tests.conftest import (
+    DATABASES,
     DatabaseFactory,
     app_key,
     bearer,
@@ -112,10 +113,10 @@ def stack(
         redis.stop()
 
 
-both_databases = pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)
+every_database = pytest.mark.parametrize("stack", DATABASES, indirect=True)
 
 
-@both_databases
+@every_database
 def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     stack: FaultStack,
 ) -> None:
@@ -138,7 +139,7 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     assert recoveries > 0
 
 
-@both_databases
+@every_database
 def test_redis_flushed_and_restarted_empty_mid_run(stack: FaultStack) -> None:
     count = 2000
     stack.start_worker()
@@ -152,7 +153,7 @@ def test_redis_flushed_and_restarted_empty_mid_run(stack: FaultStack) -> None:
     assert stack.processed_completed() == count
 
 
-@both_databases
+@every_database
 def test_messages_created_while_broker_is_down_complete_after_it_returns(
     stack: FaultStack,
 ) -> None:
@@ -166,7 +167,7 @@ def test_messages_created_while_broker_is_down_complete_after_it_returns(
     assert stats["completed"] == 50
 
 
-@both_databases
+@every_database
 def test_poison_message_ends_failed_and_spares_its_batch(stack: FaultStack) -> None:
     stack.start_worker()
     ids = stack.create(["crash poison" if i == 3 else f"healthy {i}" for i in range(20)], 1)
@@ -179,7 +180,7 @@ def test_poison_message_ends_failed_and_spares_its_batch(stack: FaultStack) -> N
     assert {body["status"] for body in bodies} == {"completed"}
 
 
-@both_databases
+@every_database
 def test_sigterm_lets_a_worker_finish_its_in_flight_message(stack: FaultStack) -> None:
     worker = stack.start_worker()
     [message_id] = stack.create(["sleep:1.5 slow"])
@@ -206,7 +207,7 @@ def http_post(port: int, key: str, content: str) -> int:
         return response.status
 
 
-@both_databases
+@every_database
 def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -> None:
     web, port = stack.start_web(workers=4)
     stack.start_worker("w1")
@@ -221,7 +222,7 @@ def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -
     assert "database is locked" not in web.log_tail(10_000)
 
 
-@both_databases
+@every_database
 def test_sigterm_lets_the_web_finish_an_in_flight_request(stack: FaultStack) -> None:
     web, port = stack.start_web(workers=1)
     body = b'{"content": "sent across a shutdown"}'

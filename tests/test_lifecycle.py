@@ -12,7 +12,12 @@ from flask import Flask
 from sqlalchemy import String, bindparam, cast, insert, select, update
 
 from app import ingest, lifecycle, pending_rows, queries
-from app.database import driver_write_transaction, read_connection, write_transaction
+from app.database import (
+    MYSQL_DIALECTS,
+    driver_write_transaction,
+    read_connection,
+    write_transaction,
+)
 from app.lifecycle import Outcome, RetryPolicy
 from app.models import Message
 from tests.support.polling import wait_for
@@ -279,17 +284,24 @@ def sweep_check(retried: bool) -> Any:
     return lifecycle._due(retried=retried, now=bindparam("m_now")).limit(1)
 
 
+def claim_statement(dialect: Any, *, retried: bool) -> Any:
+    """The statement that picks a claim's rows: the UPDATE, or MySQL's locking SELECT."""
+    if dialect.update_returning:
+        return lifecycle._claim_retried if retried else lifecycle._claim_new
+    return lifecycle._lock_retried if retried else lifecycle._lock_new
+
+
 @pytest.mark.parametrize(
     "statement",
     [
-        pytest.param(lambda: lifecycle._claim_retried, id="claim-retried"),
-        pytest.param(lambda: lifecycle._claim_new, id="claim-new"),
-        pytest.param(lambda: sweep_check(retried=True), id="due-retried"),
-        pytest.param(lambda: sweep_check(retried=False), id="due-new"),
+        pytest.param(lambda dialect: claim_statement(dialect, retried=True), id="claim-retried"),
+        pytest.param(lambda dialect: claim_statement(dialect, retried=False), id="claim-new"),
+        pytest.param(lambda _: sweep_check(retried=True), id="due-retried"),
+        pytest.param(lambda _: sweep_check(retried=False), id="due-new"),
     ],
 )
 def test_claims_use_the_claim_index_even_with_stale_statistics(
-    statement: Callable[[], Any],
+    statement: Callable[[Any], Any],
 ) -> None:
     """Right after a backlog drains, the planner's statistics still say most rows are pending.
 
@@ -300,14 +312,17 @@ def test_claims_use_the_claim_index_even_with_stale_statistics(
     for _ in range(5):
         lifecycle.create_messages(["drained backlog"] * 1000)
     with write_transaction() as connection:
-        connection.exec_driver_sql("ANALYZE messages")
+        mysql = connection.dialect.name in MYSQL_DIALECTS
+        connection.exec_driver_sql(f"ANALYZE {'TABLE ' if mysql else ''}messages")
     with write_transaction() as connection:
         connection.execute(update(Message).values(status="completed", attempts=1))
-        compiled = statement().compile(dialect=connection.dialect)
+        compiled = statement(connection.dialect).compile(dialect=connection.dialect)
         now = lifecycle.utcnow().replace(tzinfo=None).isoformat(sep=" ")
         values = compiled.construct_params({"m_now": now, "m_limit": 200, "m_lease": now})
         if connection.dialect.name == "postgresql":
             plan = connection.exec_driver_sql(f"EXPLAIN {compiled}", values).scalars().all()
+        elif mysql:
+            plan = connection.exec_driver_sql(f"EXPLAIN {compiled}", values).mappings().all()
         else:
             positional = tuple(values[name] for name in compiled.positiontup)
             plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional).all()
@@ -324,8 +339,7 @@ def test_the_ingest_stores_timestamps_exactly_as_sqlalchemy_does() -> None:
             insert(Message)
             .values(content="through SQLAlchemy", status="pending", attempts=0)
             .values(created_at=now, updated_at=now, available_at=now)
-            .returning(Message.id)
-        ).scalar_one()
+        ).inserted_primary_key[0]
     with read_connection() as connection:
         stored = dict(
             connection.execute(

@@ -7,6 +7,9 @@ Create Date: 2026-11-29
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+from app.database import mysql_table_options
 
 revision = "0002"
 down_revision = "0001"
@@ -22,7 +25,12 @@ def upgrade() -> None:
         sa.Column(
             "message_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "expires_at",
+            sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+            nullable=False,
+        ),
+        **mysql_table_options(op.get_bind()),
     )
     op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"])
 

@@ -18,7 +18,7 @@ from flask import Flask
 from sqlalchemy import delete, func, select, text
 
 from app import tallies
-from app.database import write_transaction
+from app.database import MYSQL_DIALECTS, write_transaction
 from app.models import Message, MessageStatus
 
 CONTENT = "'benchmark message ' || n || ': the quick brown fox jumps over the lazy dog'"
@@ -46,7 +46,21 @@ DIALECTS = {
         "digest": "md5(n::text) || md5((n + 1)::text)",
         "json": "CAST({} AS json)",
     },
+    # No recursive CTE (MySQL stops one at 1,000 levels): five cross-joined digit tables.
+    "mysql": {
+        "prefix": "",
+        "source": "(SELECT :first + d0.d + 10 * d1.d + 100 * d2.d + 1000 * d3.d + 10000 * d4.d"
+        " AS n FROM DIGITS d0, DIGITS d1, DIGITS d2, DIGITS d3, DIGITS d4) AS seq"
+        " WHERE n <= :last",
+        "at": "TIMESTAMPADD(MICROSECOND, -ROUND((:total - n) * :spacing * 1000000),"
+        " CAST(:base AS DATETIME(6)))",
+        "digest": "SHA2(n, 256)",
+        "json": "{}",
+    },
 }
+DIGITS = "(SELECT 0 AS d UNION ALL " + " UNION ALL ".join(f"SELECT {d}" for d in range(1, 10)) + ")"
+# MySQL's || is OR unless the session says otherwise.
+SESSION_SETUP = {"mysql": "SET SESSION sql_mode = CONCAT(@@sql_mode, ',PIPES_AS_CONCAT')"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ def insert_statement(dialect: str) -> str:
     }
     return (
         f"{parts['prefix']}INSERT INTO messages ({', '.join(columns)}) "
-        f"SELECT {', '.join(columns.values())} FROM {parts['source']}"
+        f"SELECT {', '.join(columns.values())} FROM {parts['source'].replace('DIGITS', DIGITS)}"
     )
 
 
@@ -97,9 +111,11 @@ def insert_messages(
     inserted: dict[str, int] = {}
     with app.app_context():
         dialect = app.extensions["sqlalchemy"].engine.dialect.name
+        dialect = "mysql" if dialect in MYSQL_DIALECTS else dialect
         statement = text(insert_statement(dialect))
-        # SQLite keeps naive UTC text; PostgreSQL takes the aware datetime.
-        base_value = base.replace(tzinfo=None).isoformat(" ") if dialect == "sqlite" else base
+        # SQLite and MySQL keep naive UTC; PostgreSQL takes the aware datetime.
+        naive = dialect != "postgresql"
+        base_value = base.replace(tzinfo=None).isoformat(" ") if naive else base
         for first in range(1, count + 1, chunk):
             last = min(first + chunk - 1, count)
             counts = _insert_chunk(statement, first, last, count, mix, spacing_seconds, base_value)
@@ -129,6 +145,8 @@ def _insert_chunk(
         "base": base,
     }
     with write_transaction() as connection:
+        if connection.dialect.name in MYSQL_DIALECTS:
+            connection.exec_driver_sql(SESSION_SETUP["mysql"])
         before = connection.execute(select(func.coalesce(func.max(Message.id), 0))).scalar()
         connection.execute(statement, params)
         counts = dict(

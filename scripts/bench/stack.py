@@ -1,7 +1,7 @@
 """The stack under test: its own Redis, database, Gunicorn web and Celery worker.
 
 Nothing here touches the user's instance: SQLite lives in a fresh temporary
-directory, PostgreSQL in a database of its own (``n3hub_bench``) that is
+directory, PostgreSQL, MySQL or MariaDB in a database of its own (``n3hub_bench``) that is
 created anew at the start and dropped at the end. Every process started is
 stopped when the stack closes, whether the run ended, failed or was interrupted.
 """
@@ -38,6 +38,18 @@ from tests.support.processes import (
 )
 
 BENCH_DATABASE = "n3hub_bench"
+# Per server: drop the bench database, create it afresh.
+ADMIN_STATEMENTS = {
+    "postgresql": (
+        f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)',
+        f'CREATE DATABASE "{BENCH_DATABASE}"',
+    ),
+    "mysql": (
+        f"DROP DATABASE IF EXISTS `{BENCH_DATABASE}`",
+        f"CREATE DATABASE `{BENCH_DATABASE}` CHARACTER SET utf8mb4",
+    ),
+}
+ADMIN_STATEMENTS["mariadb"] = ADMIN_STATEMENTS["mysql"]
 WORKER_CONCURRENCY = 2
 # Set by the bench for its own processes, whatever the caller's environment says.
 OWN_VARIABLES = (
@@ -116,21 +128,22 @@ class Database:
         if self.kind == "sqlite":
             self.url = f"sqlite:///{directory / 'messages.db'}"
             self._admin_url = None
-        elif self.kind == "postgresql":
-            admin = url if url.database != BENCH_DATABASE else url.set(database="postgres")
+        elif self.kind in ADMIN_STATEMENTS:
+            other = "postgres" if self.kind == "postgresql" else None
+            admin = url if url.database != BENCH_DATABASE else url.set(database=other)
             self._admin_url = admin.render_as_string(hide_password=False)
             self.url = url.set(database=BENCH_DATABASE).render_as_string(hide_password=False)
         else:
-            raise SystemExit(f"The bench runs on SQLite or PostgreSQL, not {self.kind}")
+            raise SystemExit(f"The bench runs on SQLite, PostgreSQL or MySQL, not {self.kind}")
 
     def create(self) -> None:
         if self._admin_url:
-            drop = f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)'
-            _run_admin(self._admin_url, drop, f'CREATE DATABASE "{BENCH_DATABASE}"')
+            drop, create = ADMIN_STATEMENTS[self.kind]
+            _run_admin(self._admin_url, drop, create)
 
     def drop(self) -> None:
         if self._admin_url:
-            _run_admin(self._admin_url, f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+            _run_admin(self._admin_url, ADMIN_STATEMENTS[self.kind][0])
 
     def describe(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
