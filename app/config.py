@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from urllib.parse import parse_qsl, urlencode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -180,8 +178,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLASK_DEBUG", "DEBUG", Kind.FLAG, False,
             "Werkzeug debugger for `python run.py` (ignored in production)"),
     Setting("DATABASE_URL", "SQLALCHEMY_DATABASE_URI", Kind.URL, DEFAULT_DATABASE_URL,
-            "any SQLAlchemy URL; `postgres://…` and `postgresql://…` are read as "
-            "`postgresql+psycopg://…`",
+            "`sqlite://…`, `postgresql://…` (read as `postgresql+psycopg://…`) or `mysql://…` "
+            "(read as `mysql+pymysql://…?charset=utf8mb4`; MySQL 8.0.1+, MariaDB 10.6+); "
+            "any other database is refused at start",
             shown_default="`sqlite:///<repo>/instance/messages.db`"),
     Setting("CELERY_BROKER_URL", "CELERY_BROKER_URL", Kind.URL, DEFAULT_BROKER_URL,
             "Celery broker (Redis; `amqp://…` works too)"),
@@ -304,23 +303,21 @@ def normalise_database_url(raw: str) -> str:
     ``postgresql://`` becomes ``postgresql+psycopg://`` and ``mysql://``
     ``mysql+pymysql://``; MySQL and MariaDB connections always speak ``utf8mb4``.
     """
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise ConfigError(f"DATABASE_URL={raw!r} is not a database URL") from None
-    drivername = _DRIVERS.get(url.drivername, url.drivername)
+    scheme, _, rest = raw.partition("://")
+    drivername = _DRIVERS.get(scheme, scheme)
     if drivername not in _SUPPORTED_DRIVERS:
         raise ConfigError(
-            f"DATABASE_URL uses {url.drivername!r}, which N3Hub does not support;"
+            f"DATABASE_URL uses {scheme!r}, which N3Hub does not support;"
             f" it runs on {SUPPORTED_DATABASES}"
         )
-    if drivername.startswith("sqlite"):
-        return raw
-    url = url.set(drivername=drivername)
     if drivername.endswith("+pymysql"):
         # Anything narrower than utf8mb4 cannot hold every message (emoji).
-        url = url.update_query_dict({"charset": "utf8mb4"})
-    return url.render_as_string(hide_password=False)
+        location, _, query = rest.partition("?")
+        options = [
+            pair for pair in parse_qsl(query, keep_blank_values=True) if pair[0] != "charset"
+        ]
+        rest = f"{location}?{urlencode([*options, ('charset', 'utf8mb4')])}"
+    return f"{drivername}://{rest}"
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:

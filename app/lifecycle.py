@@ -23,8 +23,13 @@ from sqlalchemy import Select, Update, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app import pending_rows, tallies
-from app.database import driver_write_transaction, read_connection, write_transaction
+from app import mysql_outcomes, pending_rows, tallies
+from app.database import (
+    MYSQL_DIALECTS,
+    driver_write_transaction,
+    read_connection,
+    write_transaction,
+)
 from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
@@ -311,13 +316,35 @@ def _claim(
     return sorted(claimed, key=lambda message: message.id)
 
 
-def _record_outcome(status: MessageStatus, **values: Any) -> Update:
+@dataclass(frozen=True)
+class _OutcomeColumns:
+    """What ending a claim in one status writes besides the status itself."""
+
+    from_rows: Mapping[str, str]  # column -> the parameter holding each row's value
+    stamped: tuple[str, ...] = ()  # columns set to ``m_now``
+
+
+_OUTCOME_COLUMNS = {
+    COMPLETED: _OutcomeColumns({"result": "m_result"}, ("completed_at",)),
+    FAILED: _OutcomeColumns({"last_error": "m_error"}, ("completed_at",)),
+    PENDING: _OutcomeColumns({"last_error": "m_error", "available_at": "m_available"}),
+}
+
+
+def _record_outcome(status: MessageStatus) -> Update:
     """An executemany UPDATE ending one claim, stamped with ``m_now``.
 
     It changes a row only while that claim holds it: ``processing`` with the
     attempt number ``m_attempts`` (the fencing token), so its row count says how
     many of the claims were still ours.
     """
+    columns = _OUTCOME_COLUMNS[status]
+    table = Message.__table__
+    values = {
+        column: bindparam(key, type_=table.c[column].type)
+        for column, key in columns.from_rows.items()
+    }
+    values.update({column: bindparam("m_now", type_=UTCDateTime()) for column in columns.stamped})
     return (
         update(Message)
         .where(
@@ -325,20 +352,30 @@ def _record_outcome(status: MessageStatus, **values: Any) -> Update:
             Message.attempts == bindparam("m_attempts"),
             Message.status == PROCESSING,
         )
-        .values(status=status, updated_at=bindparam("m_now"), lease_expires_at=None, **values)
+        .values(
+            status=status,
+            updated_at=bindparam("m_now", type_=UTCDateTime()),
+            lease_expires_at=None,
+            **values,
+        )
     )
 
 
-_complete = _record_outcome(
-    COMPLETED,
-    result=bindparam("m_result", type_=Message.result.type),
-    completed_at=bindparam("m_now"),
-)
-_fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bindparam("m_now"))
-_retry_later = _record_outcome(
-    PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
-)
-_OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
+_fail = _record_outcome(FAILED)
+_retry_later = _record_outcome(PENDING)
+_OUTCOME_STATEMENTS = {COMPLETED: _record_outcome(COMPLETED), FAILED: _fail, PENDING: _retry_later}
+
+
+def _write_outcomes(
+    connection: Connection, status: MessageStatus, rows: list[dict[str, Any]]
+) -> int:
+    """End the claims in ``rows`` with ``status``; how many were still ours."""
+    if connection.dialect.name in MYSQL_DIALECTS:
+        columns = _OUTCOME_COLUMNS[status]
+        return mysql_outcomes.record_outcomes(
+            connection, status, rows, columns.from_rows, columns.stamped
+        )
+    return connection.execute(_OUTCOME_STATEMENTS[status], rows).rowcount
 
 
 def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
@@ -363,7 +400,7 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
         rows[status].append(row)
     with write_transaction() as connection:
         moved = {
-            status: connection.execute(_OUTCOME_STATEMENTS[status], status_rows).rowcount
+            status: _write_outcomes(connection, status, status_rows)
             for status, status_rows in rows.items()
             if status_rows
         }

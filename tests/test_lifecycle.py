@@ -184,6 +184,34 @@ def test_outcomes_move_tallies_and_processed_counters() -> None:
     }
 
 
+def test_a_finished_batch_stores_each_result_and_error_exactly() -> None:
+    """On MySQL a batch's outcomes go in one joined UPDATE per status; nothing may shift."""
+    results: list[Any] = [None, {"nested": [1, "🎉", None]}, "text  ", 3.5, [], {"": ""}]
+    for number in range(len(results) + 2):
+        lifecycle.create_message(f"m{number}")
+    batch = lifecycle.claim_batch(20, 30)
+    done, (failed, retried) = batch[: len(results)], batch[len(results) :]
+    outcomes = [
+        Outcome(message, result=result) for message, result in zip(done, results, strict=True)
+    ]
+    outcomes += [
+        Outcome(failed, error="ValueError: 'quoted' \\ and 漢字", permanent=True),
+        Outcome(retried, error="later  "),
+    ]
+    report = lifecycle.finish_batch(outcomes, POLICY)
+    assert (report.completed, report.failed, report.retried) == (len(results), 1, 1)
+    for message, result in zip(done, results, strict=True):
+        body = row(message.id)
+        assert (body["status"], body["result"]) == ("completed", result)
+        assert body["completed_at"] == body["updated_at"] == row(done[0].id)["completed_at"]
+        assert body["lease_expires_at"] is None
+    assert row(failed.id)["last_error"] == "ValueError: 'quoted' \\ and 漢字"
+    pending = row(retried.id)
+    assert (pending["status"], pending["last_error"]) == ("pending", "later  ")
+    assert pending["available_at"] >= pending["updated_at"]
+    stats_add_up()
+
+
 def test_retry_policy_backoff_is_exponential_with_jitter() -> None:
     policy = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=8.0)
     for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
