@@ -1,7 +1,9 @@
 """Every change of a message's status, each one a single guarded transaction.
 
 pending -> processing is a claim: one conditional UPDATE that increments
-``attempts`` and sets a lease, so a row is never claimed twice. The outcome of
+``attempts`` and sets a lease, so a row is never claimed twice (on MySQL and
+MariaDB, which lack ``UPDATE ... RETURNING``, a locking SELECT that skips locked
+rows and an UPDATE of those rows, in one transaction). The outcome of
 a claim is written only while the row is still ``processing`` with the same
 ``attempts``: the attempt number is the fencing token that stops a late
 finisher from overwriting a newer claim. Claims that outlive their lease are
@@ -301,7 +303,7 @@ def _claim(
     connection: Connection, now: datetime, lease_until: datetime, *, retried: bool, limit: int
 ) -> list[ClaimedMessage]:
     values = {"m_now": now, "m_limit": limit, "m_lease": lease_until}
-    if connection.dialect.update_returning:
+    if connection.dialect.name not in MYSQL_DIALECTS:
         rows = connection.execute(_claim_retried if retried else _claim_new, values)
         claimed = [ClaimedMessage(*row) for row in rows]
     else:

@@ -314,7 +314,7 @@ def sweep_check(retried: bool) -> Any:
 
 def claim_statement(dialect: Any, *, retried: bool) -> Any:
     """The statement that picks a claim's rows: the UPDATE, or MySQL's locking SELECT."""
-    if dialect.update_returning:
+    if dialect.name not in MYSQL_DIALECTS:
         return lifecycle._claim_retried if retried else lifecycle._claim_new
     return lifecycle._lock_retried if retried else lifecycle._lock_new
 

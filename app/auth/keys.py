@@ -88,7 +88,8 @@ def create_key(name: str, tenant: str, scopes: frozenset[Scope]) -> tuple[str, S
         "created_at": utcnow(),
     }
     with write_transaction() as connection:
-        key_id = connection.execute(insert(ApiKey).values(values).returning(ApiKey.id)).scalar()
+        # Not RETURNING, which MySQL's INSERT lacks.
+        key_id = connection.execute(insert(ApiKey).values(values)).inserted_primary_key[0]
     return key, StoredKey(
         id=key_id,
         name=name,

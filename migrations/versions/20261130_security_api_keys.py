@@ -7,6 +7,9 @@ Create Date: 2026-11-30
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+from app.database import mysql_table_options
 
 revision = "security_0001"
 down_revision = "0002"
@@ -15,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    timestamp = sa.DateTime(timezone=True)
+    timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     op.create_table(
         "api_keys",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
@@ -27,6 +30,7 @@ def upgrade() -> None:
         sa.Column("created_at", timestamp, nullable=False),
         sa.Column("revoked_at", timestamp),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+        **mysql_table_options(op.get_bind()),
     )
 
 
