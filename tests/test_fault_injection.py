@@ -123,7 +123,13 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     count = 3000
     stack.create([f"sleep:0.002 message {i}" for i in range(count)])
     first = stack.start_worker()
-    wait_for(lambda: stack.stats()["completed"] >= 300, timeout=60, what="progress")
+
+    def mid_batch() -> bool:
+        stats = stack.stats()
+        return stats["completed"] >= 300 and stats["processing"] > 0
+
+    # Between two batches (a drain handing over) nothing is claimed; a batch lasts 0.4 s+.
+    wait_for(mid_batch, timeout=60, interval=0.05, what="progress, with a batch claimed")
     first.kill()
     assert stack.stats()["processing"] > 0, "the kill should strand claimed messages"
     stack.start_worker(hostname="w2")
