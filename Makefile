@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 run: export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint format migrate bench clean
+.PHONY: help venv run test lint format migrate bench clean clean-data
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,5 +45,8 @@ migrate: venv ## Upgrade the configured database to the newest schema
 bench: venv ## Measure ingest, drain, latency and reads (var/bench/results.json)
 	python -m scripts.bench $(BENCH_ARGS)
 
-clean: ## Remove the virtualenv, local data and caches
-	rm -rf $(VENV) var instance .pytest_cache .ruff_cache .coverage htmlcov
+clean: ## Remove the virtualenv, caches and run-time files; keeps the database (instance/) and var/backups
+	rm -rf $(VENV) var/prometheus var/redis var/bench .pytest_cache .ruff_cache .coverage htmlcov
+
+clean-data: ## Delete the local database (instance/) and everything under var/, backups included
+	rm -rf instance var

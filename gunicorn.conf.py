@@ -1,11 +1,16 @@
 """Gunicorn settings for the web service (``gunicorn -c gunicorn.conf.py``).
 
-Workers come from ``WEB_CONCURRENCY`` (Gunicorn's own variable); every value
-here can be overridden on the command line. Where the app logs JSON (production),
-so do Gunicorn's own lines, its access log included.
+Every value comes from the settings declared in app/config.py (workers from
+``WEB_CONCURRENCY``, Gunicorn's own variable), checked before any worker boots, and
+can be overridden on the command line. Before binding, the master refuses a port
+another server holds and imports the processor once (in a child process). Where the
+app logs JSON (production), so do Gunicorn's own lines; every access line carries the
+request id.
 """
 
 import importlib.util
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -26,11 +31,9 @@ def _settings_module():
 
 
 _settings = _settings_module()
-try:
-    # Every setting, the app's included, is checked here, before any worker boots.
-    CONFIG = _settings.load_config()
-except _settings.ConfigError as error:
-    sys.exit(f"gunicorn: {error}")
+# Every setting, the app's included, is checked here, before any worker boots; a bad one
+# ends the master with one line (ConfigError is a SystemExit).
+CONFIG = _settings.load_config()
 
 # The fields of app/logs.py, which the master cannot import either.
 LOG_FORMAT = CONFIG["LOG_FORMAT"]
@@ -57,6 +60,8 @@ timeout = 30
 graceful_timeout = 30
 keepalive = 5
 accesslog = CONFIG["GUNICORN_ACCESSLOG"] or None
+# Gunicorn's text access line, with the request id the app returns in X-Request-ID.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms req=%({x-request-id}o)s "%(a)s"'
 errorlog = "-"
 
 
@@ -100,6 +105,59 @@ logger_class = JsonLinesLogger if LOG_FORMAT == "json" else Logger
 wsgi_app = "app:create_app()"
 # Gunicorn 27's control socket lives in $HOME and would be shared by every server a user runs.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Before any socket or worker: refuse a taken port, and check that the processor imports."""
+    for address in server.cfg.address:
+        if isinstance(address, tuple):  # a Unix socket path is refused by Gunicorn's own bind
+            _refuse_a_taken_port(*address[:2])
+    _check_processor(CONFIG["PROCESSOR"])
+
+
+def _refuse_a_taken_port(host, port):
+    """Exit if another server listens at host:port."""
+    # With SO_REUSEPORT both servers could bind it and split the connections between them,
+    # silently; a plain bind (no SO_REUSEPORT) fails while any other socket listens there.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            sys.exit(
+                f"gunicorn: cannot listen at {host}:{port} ({error.strerror}): another server"
+                " holds that port; stop it, or set PORT (or --bind) to a free one"
+            )
+
+
+def _check_processor(path):
+    """Import N3HUB_PROCESSOR in a forked child, so that the master itself imports no app code."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        try:
+            _settings.import_callable("N3HUB_PROCESSOR", path)
+            problem = ""
+        except SystemExit as error:
+            problem = str(error.code)
+        os.write(writer, problem.encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        problem = pipe.read().decode()
+    os.waitpid(pid, 0)
+    if problem:
+        sys.exit(problem)
+
+
+def when_ready(server):
+    """Name the address: with ``reuse_port`` Gunicorn's own line names none (no master socket)."""
+    if server.cfg.reuse_port:
+        for host, port in (a[:2] for a in server.cfg.address if isinstance(a, tuple)):
+            shown = f"[{host}]" if ":" in host else host
+            server.log.info("Listening at: http://%s:%s (a socket per worker)", shown, port)
 
 
 def post_fork(server, worker):

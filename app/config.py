@@ -11,6 +11,7 @@ The module imports nothing from ``app``: the Gunicorn master loads it by path
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -32,8 +33,13 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-class ConfigError(ValueError):
-    """An environment variable holds a value that cannot be used."""
+class ConfigError(SystemExit):
+    """A setting holds a value that cannot be used.
+
+    It is a ``SystemExit``: left uncaught, it ends the process with its one-line
+    message and no traceback, whichever entry point started it (``flask``,
+    ``python run.py``, Gunicorn, Celery).
+    """
 
 
 class Kind(Enum):
@@ -330,3 +336,20 @@ def _read_secret(name: str, path: str) -> str:
         return Path(path).read_text().strip()
     except OSError as error:
         raise ConfigError(f"{name}={path!r} cannot be read: {error.strerror}") from None
+
+
+def import_callable(variable: str, path: str) -> Callable[..., Any]:
+    """The callable ``package.module:callable`` names; ConfigError naming ``variable`` if none."""
+    allowed = "use package.module:callable, importable by the web and the worker"
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for name in attribute.split("."):
+            target = getattr(target, name)
+    except Exception as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ConfigError(f"{variable}={path!r} cannot be imported ({reason}); {allowed}") from None
+    if not callable(target):
+        kind = type(target).__name__
+        raise ConfigError(f"{variable}={path!r} is not callable (a {kind}); {allowed}")
+    return target

@@ -47,6 +47,10 @@ _TRANSIENT_SQLSTATES = {
     "40001",  # serialization failure
     "40P01",  # deadlock detected
 }
+# Transient errors that mean other transactions are in the way, not an unreachable server.
+_BUSY_SQLSTATES = _TRANSIENT_SQLSTATES | {"55P03"}  # lock not available
+_BUSY_SQLITE_WORDS = ("locked", "busy")
+_BUSY_MYSQL_CODES = {1205, 1213}  # lock wait timeout, deadlock
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -234,6 +238,18 @@ def is_transient_error(error: BaseException) -> bool:
             return True
         error = error.orig
     return getattr(error, "sqlstate", "") in _TRANSIENT_SQLSTATES
+
+
+def is_busy_error(error: BaseException) -> bool:
+    """Whether a transient database error means "busy" (locks, deadlocks), not "unreachable"."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    if isinstance(error, sqlite3.OperationalError):
+        return any(word in str(error) for word in _BUSY_SQLITE_WORDS)
+    if getattr(error, "sqlstate", None) in _BUSY_SQLSTATES:
+        return True
+    code = error.args[0] if error.args else None
+    return code in _BUSY_MYSQL_CODES
 
 
 def lock_for_migration(connection: Connection) -> None:

@@ -1,7 +1,11 @@
 """Logging: one line per event, JSON in production and readable text in development.
 
 Each record carries the request id of the HTTP request it belongs to (taken from
-``X-Request-ID`` or generated) and, where one applies, the message id.
+``X-Request-ID`` or generated) and, where one applies, the message id. The id is
+given by a WSGI middleware around the app and its fast path (inside the guard,
+which hands its refusals to the app) and kept in a context variable, so every
+line logged while a request is served carries it; the same middleware returns it
+in the ``X-Request-ID`` header, which Gunicorn's access lines read.
 """
 
 from __future__ import annotations
@@ -9,16 +13,26 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask
 from pythonjsonlogger.json import JsonFormatter
+from werkzeug.wsgi import ClosingIterator
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 128
+NO_ID = "-"
 TEXT_FORMAT = (
     "%(asctime)s %(levelname)s [%(name)s] [req=%(request_id)s msg=%(message_id)s] %(message)s"
 )
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message_id)s %(message)s"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+_current_request_id: ContextVar[str] = ContextVar("request_id", default=NO_ID)
 
 
 class ContextFilter(logging.Filter):
@@ -26,9 +40,9 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+            record.request_id = _current_request_id.get()
         if not hasattr(record, "message_id"):
-            record.message_id = "-"
+            record.message_id = NO_ID
         return True
 
 
@@ -56,17 +70,38 @@ def request_id_for(supplied: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def _assign_request_id() -> None:
-    g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
+class RequestIds:
+    """WSGI middleware: each request's id, for its log lines and its ``X-Request-ID`` header."""
+
+    def __init__(self, wsgi_app: WSGIApp) -> None:
+        self._app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request_id = request_id_for(environ.get(_REQUEST_ID_ENVIRON))
+
+        def start_with_id(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER.lower()]
+            return start_response(status, [*headers, (REQUEST_ID_HEADER, request_id)], *exc_info)
+
+        _current_request_id.set(request_id)
+        try:
+            response = self._app(environ, start_with_id)
+        except BaseException:
+            _forget_request_id()
+            raise
+        # Kept until the answer is sent: the dev server logs its access line while writing.
+        return ClosingIterator(response, _forget_request_id)
 
 
-def _return_request_id(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-    return response
+def _forget_request_id() -> None:
+    _current_request_id.set(NO_ID)
 
 
 def init_app(app: Flask) -> None:
-    """Configure logging and tag every request with a request id."""
+    """Configure logging from the app's settings."""
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    app.before_request(_assign_request_id)
-    app.after_request(_return_request_id)
+
+
+def wrap_wsgi(app: Flask) -> None:
+    """Give every request an id; called after the fast path is in place, so it wraps it too."""
+    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]

@@ -17,6 +17,7 @@ them on ``N3HUB_WORKER_METRICS_PORT`` instead (see :mod:`app.worker.metrics_serv
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -35,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app import queries, tallies
 from app.auth.access import Access, requires
-from app.database import read_connection
+from app.database import is_transient_error, read_connection
 from app.lifecycle import utcnow
 from app.models import MessageStatus
 
@@ -112,14 +113,26 @@ WORKER_HEARTBEAT = Gauge(
 )
 
 bp = Blueprint("metrics", __name__)
+log = logging.getLogger(__name__)
+DATABASE_UP_HELP = "1 when /metrics could read the message counts from the database, else 0."
 
 
 class MessageTalliesCollector:
     """Message counts read from the database at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
-        with read_connection() as connection:
-            counts = tallies.read(connection)
+        try:
+            with read_connection() as connection:
+                counts = tallies.read(connection)
+            oldest = queries.oldest_pending_created_at()
+        except Exception as error:
+            if not is_transient_error(error):
+                raise
+            # The process-local families still answer; these come back with the database.
+            log.warning("database unavailable, /metrics without its counts: %s", error)
+            yield GaugeMetricFamily("n3hub_database_up", DATABASE_UP_HELP, value=0)
+            return
+        yield GaugeMetricFamily("n3hub_database_up", DATABASE_UP_HELP, value=1)
         processed = CounterMetricFamily(
             "messages_processed", "Messages whose processing ended, by outcome.", labels=["status"]
         )
@@ -157,7 +170,6 @@ class MessageTalliesCollector:
                 "Drain tasks waiting in the broker queue.",
                 value=queued,
             )
-        oldest = queries.oldest_pending_created_at()
         yield GaugeMetricFamily(
             "n3hub_backlog_oldest_age_seconds",
             "Age of the oldest pending message (0 when none waits).",

@@ -2,7 +2,10 @@
 
 PostgreSQL runs when ``N3HUB_TEST_POSTGRES_URL`` is set; each test session gets
 fresh databases on that server. With ``N3HUB_REQUIRE_POSTGRES=1`` (CI) a missing
-PostgreSQL fails the run instead of skipping.
+PostgreSQL fails the run instead of skipping. The caller's own service settings
+(``DATABASE_URL``, ``CELERY_BROKER_URL``, ``N3HUB_*`` ...) are removed from the
+environment first, so they reach neither the apps built here nor the processes
+started here.
 
 ``app`` and ``client`` sit on a database that no worker consumes, so what a test
 creates stays as it left it; ``app`` is built with the WSGI fast path on and off.
@@ -29,7 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.auth.keys import Scope, create_key
-from app.config import load_config
+from app.config import SETTINGS, load_config
 from app.database import write_transaction
 from app.extensions import db
 from app.models import IdempotencyKey, Message, Tally
@@ -72,6 +75,12 @@ def pytest_report_header() -> list[str]:
     if POSTGRES_WANTED:
         return ["databases: SQLite and PostgreSQL"]
     return ["databases: SQLite only (set N3HUB_TEST_POSTGRES_URL to add PostgreSQL)"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Forget the caller's service settings: the tests set every one they depend on."""
+    for setting in SETTINGS:
+        os.environ.pop(setting.env, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

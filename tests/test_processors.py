@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app.config import ConfigError
 from app.lifecycle import ClaimedMessage
 from app.worker.outcomes import describe_error, run_processor
 from app.worker.processors import PermanentProcessingError, analyse_text, load_processor
@@ -30,9 +31,11 @@ def test_analyse_text_is_deterministic_real_work() -> None:
 
 def test_load_processor_by_path() -> None:
     assert load_processor("app.worker.processors:analyse_text") is analyse_text
-    with pytest.raises(ValueError, match="module:function"):
+    with pytest.raises(ConfigError, match=r"package\.module:callable"):
         load_processor("app.worker.processors")
-    with pytest.raises(ValueError, match="not callable"):
+    with pytest.raises(ConfigError, match="N3HUB_PROCESSOR='nonexistent:fn' cannot be imported"):
+        load_processor("nonexistent:fn")
+    with pytest.raises(ConfigError, match="not callable"):
         load_processor("app.worker.processors:PERMANENT_ERRORS")
 
 

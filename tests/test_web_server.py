@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 from urllib.request import Request, urlopen
@@ -14,7 +15,7 @@ from app import logs
 from app.config import PROJECT_ROOT, load_config
 from tests.conftest import bearer, env_api_key, stack_environment, start_web
 from tests.support.polling import wait_for
-from tests.support.processes import RedisServer
+from tests.support.processes import RedisServer, http_ok
 
 TCP_LISTEN = "0A"
 
@@ -55,6 +56,28 @@ def test_each_worker_listens_on_the_port_itself(tmp_path: Path, redis_server: Re
         assert web.log_tail().count(f"listening at: http://127.0.0.1:{port}") == 2
     finally:
         web.stop()
+
+
+def test_a_second_server_on_a_taken_port_stops_with_a_clear_line(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two stacks on one port would split its connections (SO_REUSEPORT): the second stops."""
+    env = stack_environment(f"sqlite:///{tmp_path / 'first.db'}", redis_server.url)
+    first, port = start_web(env, tmp_path, workers=1)
+    try:
+        assert f"Listening at: http://127.0.0.1:{port}" in first.log_tail()
+        second_env = stack_environment(f"sqlite:///{tmp_path / 'second.db'}", redis_server.url)
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            cwd=PROJECT_ROOT, env=second_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode != 0
+        assert f"cannot listen at 127.0.0.1:{port} (Address already in use)" in second.stderr
+        assert "Traceback" not in second.stderr and "Booting worker" not in second.stderr
+        assert first.alive() and http_ok(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        first.stop()
 
 
 @pytest.mark.parametrize(

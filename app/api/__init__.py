@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from app import logs
 from app.api import docs, errors, fast_ingest, guard, health, messages, openapi, operations
 
 
@@ -14,4 +15,5 @@ def init_app(app: Flask) -> None:
     openapi.init_app(app)
     docs.init_app(app)
     fast_ingest.init_app(app)
+    logs.wrap_wsgi(app)  # around the fast path too; a refusal is answered inside it
     guard.init_app(app)

@@ -2,7 +2,8 @@
 
 ``{"error": {"code": "...", "message": "...", "details": ...}}``, whether the
 error is ours (:class:`APIError`), Werkzeug's (404, 405, 413, ...), a database
-that stayed busy (503) or a bug (500, logged with its traceback).
+that stayed busy or cannot be reached (503, two codes) or a bug (500, logged with
+its traceback).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.database import is_transient_error
+from app.database import is_busy_error, is_transient_error
 from app.metrics import count_error
 
 log = logging.getLogger(__name__)
 
+BUSY_RETRY_AFTER_SECONDS = 1
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+# The code of an HTTP error without one of its own below.
+FALLBACK_HTTP_ERROR_CODE = "http_error"
 HTTP_ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -69,7 +74,7 @@ def handle_api_error(error: APIError) -> tuple[Response, int, Any]:
 
 def handle_http_exception(error: HTTPException) -> tuple[Response, int, Any]:
     status = error.code or 500
-    code = HTTP_ERROR_CODES.get(status, "http_error")
+    code = HTTP_ERROR_CODES.get(status, FALLBACK_HTTP_ERROR_CODE)
     headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
     return error_response(APIError(status, code, error.description or error.name), headers)
 
@@ -77,10 +82,14 @@ def handle_http_exception(error: HTTPException) -> tuple[Response, int, Any]:
 def handle_unexpected(error: Exception) -> tuple[Response, int, Any]:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
-    if is_transient_error(error):
+    if is_transient_error(error) and is_busy_error(error):
         log.warning("database busy, answered 503: %s", error)
         busy = APIError(503, "service_unavailable", "The database is busy; retry shortly.")
-        return error_response(busy, {"Retry-After": "1"})
+        return error_response(busy, {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
+    if is_transient_error(error):
+        log.warning("database unavailable, answered 503: %s", " ".join(str(error).split()))
+        down = APIError(503, "database_unavailable", "The database cannot be reached; retry later.")
+        return error_response(down, {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)})
     log.exception("unhandled error")
     return error_response(APIError(500, "internal_error", "An unexpected error occurred."))
 

@@ -8,8 +8,9 @@ WSGI middleware answers the plain form of the request itself: ``Content-Type:
 application/json`` exactly, a ``Content-Length`` within the body limit, no
 ``Idempotency-Key``, below an ASCII mount point, and a body that passes the
 endpoint's validation and asks for no scheduled delivery. It uses the
-endpoint's own parts (validation, group commit, drain request, response shape,
-request id and metrics rules), so the answer is the one Flask would give.
+endpoint's own parts (validation, group commit, drain request, response shape
+and metrics rules), so the answer is the one Flask would give; the request id
+comes from the middleware around both (``app.logs.RequestIds``).
 
 Everything else goes to Flask untouched, the body replayed when it was read:
 every validation error, idempotent or scheduled request and less common form
@@ -43,19 +44,17 @@ from app.api.schemas import (
     message_out,
     parse_body,
 )
-from app.logs import REQUEST_ID_HEADER, request_id_for
 from app.metrics import record_request, time_request_from
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 CREATE_ENDPOINT = "messages.create_message"
-# The request hooks whose effect holds for the fast path too: the request id and the
-# request metrics, which it reproduces, and the guard's refusal, which cannot reach it
-# (the guard sends every refused request to Flask). A hook missing here would be
-# skipped for plain POST /messages.
+# The request hooks whose effect holds for the fast path too: the request metrics,
+# which it reproduces, and the guard's refusal, which cannot reach it (the guard sends
+# every refused request to Flask). The request id is no hook: a WSGI middleware around
+# both gives it (app.logs.RequestIds). A hook missing here would be skipped for plain
+# POST /messages.
 APPLIED_HOOKS = frozenset(
     {
-        "app.logs._assign_request_id",
-        "app.logs._return_request_id",
         "app.metrics._start_timer",
         "app.metrics._record_request",
         "app.api.guard._raise_refusal",
@@ -69,7 +68,6 @@ def _environ_key(header: str) -> str:
 
 
 _IDEMPOTENCY_KEY = _environ_key(IDEMPOTENCY_HEADER)
-_REQUEST_ID = _environ_key(REQUEST_ID_HEADER)
 
 
 class FastIngest:
@@ -102,14 +100,12 @@ class FastIngest:
                 return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()
         payload = json_bytes(MESSAGE, message_out(row))
-        request_id = request_id_for(environ.get(_REQUEST_ID))
         start_response(
             "201 CREATED",
             [
                 ("Content-Type", JSON_MIMETYPE),
                 ("Content-Length", str(len(payload))),
                 ("Location", location(environ.get("SCRIPT_NAME", "").rstrip("/"), row["id"])),
-                (REQUEST_ID_HEADER, request_id),
             ],
         )
         record_request("POST", self._path, 201, time.perf_counter() - started)

@@ -67,7 +67,7 @@ class Guard:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         try:
             principal = self._admit(environ)
-        except APIError as refusal:
+        except Exception as refusal:  # a database that fails the key lookup too
             environ[REFUSAL_ENVIRON] = refusal
         else:
             if principal is not None:

@@ -9,11 +9,11 @@ any other exception is treated as transient and retried with backoff.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
+from app.config import import_callable
 from app.lifecycle import ClaimedMessage
 
 Processor = Callable[[ClaimedMessage], Any]
@@ -45,11 +45,5 @@ def analyse_text(message: ClaimedMessage) -> dict[str, Any]:
 
 
 def load_processor(path: str) -> Processor:
-    """Import a processor given as ``package.module:callable``."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"N3HUB_PROCESSOR={path!r} must look like 'package.module:function'")
-    processor = getattr(importlib.import_module(module_name), attribute)
-    if not callable(processor):
-        raise ValueError(f"N3HUB_PROCESSOR={path!r} is not callable")
-    return processor
+    """Import the processor ``N3HUB_PROCESSOR`` names; ConfigError if it cannot be used."""
+    return import_callable("N3HUB_PROCESSOR", path)
