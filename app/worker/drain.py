@@ -11,8 +11,8 @@ slots is free. A full claim asks for one more drain, so that idle processes
 join in.
 
 A message that lost its worker is claimed only when nothing else is in flight
-in this process, and runs alone: if it kills the process again, it takes no
-healthy message down with it.
+in this process and every outcome is committed, and runs alone: if it kills the
+process again, it takes no healthy message (or its unwritten outcome) down with it.
 
 While it claims, a drain holds the drain marker (:mod:`app.wakeups`), so the web
 sends no task for the messages it will claim anyway. It ends when a claim finds
@@ -122,7 +122,7 @@ def _drain(signals: DrainSignals, settings: ProcessingSettings, pipeline: Pipeli
                 lifecycle.claim_messages,
                 wanted,
                 settings.lease_seconds,
-                idle=free == pipeline.capacity,
+                idle=pipeline.idle,
             )
         )
         lone_waiting = claim.alone_waiting

@@ -83,6 +83,7 @@ class Pipeline:
         self._slots_awaited = settings.concurrency + 1  # free slots the drain waits for
         self._running: dict[Key, _Run] = {}
         self._ended: list[Outcome] = []
+        self._writing = 0  # outcomes the writer took and has not yet committed
         self._abandoned: set[Key] = set()
         self._lone: Key | None = None  # a message that runs with nothing beside it
         self._stopping = False
@@ -114,9 +115,26 @@ class Pipeline:
             self._slots_awaited = self.capacity + 1
             return 0 if self._broken or self._stopping else self._free()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is in flight and every outcome is committed.
+
+        Only then may a message that lost its worker run: if it kills the process,
+        no other message's run or unwritten outcome goes down with it.
+        """
+        with self._slot_freed:
+            return self._idle()
+
     def wait_until_idle(self, timeout: float) -> bool:
-        """Whether nothing is in flight, waiting up to ``timeout`` seconds for that."""
-        return self.wait_for_free_slots(timeout, self.capacity) == self.capacity
+        """Whether the pipeline is :attr:`idle`, waiting up to ``timeout`` seconds for that."""
+        with self._slot_freed:
+            self._slot_freed.wait_for(
+                lambda: self._broken or self._stopping or self._idle(), max(timeout, 0)
+            )
+            return not (self._broken or self._stopping) and self._idle()
+
+    def _idle(self) -> bool:
+        return not self._running and not self._ended and not self._writing
 
     def start(self, messages: list[ClaimedMessage], *, alone: bool = False) -> None:
         """Run claimed messages: each takes a slot until its run ends or overruns.
@@ -199,6 +217,7 @@ class Pipeline:
                         wake_at = min(wake_at, next_write_at)
                     self._writer_wanted.wait(wake_at - now)
                 outcomes, self._ended = self._ended, []
+                self._writing = len(outcomes)
                 renewing = now >= renew_at
                 held = [run.message for run in self._running.values()]
             if renewing:
@@ -206,6 +225,10 @@ class Pipeline:
                 renew_at = now + renew_every
             if outcomes:
                 self._write(outcomes)
+                with self._slot_freed:
+                    self._writing = 0
+                    if not self._running:
+                        self._slot_freed.notify_all()
                 many = len(outcomes) > 1
                 next_write_at = now + self._settings.gather_seconds if many else 0.0
             if self._broken and self._exit_process is not None:
