@@ -21,6 +21,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     FLASK_ENV=production \
+    HOST=0.0.0.0 \
     PORT=5000 \
     PYTHONPATH=/app \
     PROMETHEUS_MULTIPROC_DIR=/tmp/n3hub-metrics

@@ -31,9 +31,10 @@ run: venv ## Run the stack in the foreground: web on :5000 ($PORT), a worker, Re
 test: venv lint ## Run the linters and the whole test suite (in a random order; the seed is printed)
 	pytest $(PYTEST_ARGS)
 
-lint: venv ## Check style with ruff
+lint: venv ## Check style with ruff, and app/ with bandit (medium and high findings)
 	ruff check .
 	ruff format --check .
+	bandit --quiet --recursive --severity-level medium app
 
 format: venv ## Reformat the code with ruff
 	ruff check --fix .

@@ -1,4 +1,4 @@
-"""Development server: ``python run.py`` serves the API on ``HOST``:``PORT`` (0.0.0.0:5000)."""
+"""Development server: ``python run.py`` serves the API on ``HOST``:``PORT`` (127.0.0.1:5000)."""
 
 from app import create_app
 

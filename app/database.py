@@ -63,11 +63,17 @@ def _drop_inherited_connections() -> None:
 os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
+def _create_private(database: Path) -> None:
+    """Create the SQLite file readable by its owner only; its -wal and -shm files follow."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+
+
 def init_app(app: Flask) -> None:
     """Bind SQLAlchemy and Alembic to the app and prepare the engine."""
     url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(Path(url.database))
     # A network database may drop idle connections; a local SQLite file cannot.
     pre_ping = url.get_backend_name() != "sqlite"
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": pre_ping})
@@ -146,7 +152,7 @@ class _HostWriterQueue:
     @contextmanager
     def hold(self, database_path: str) -> Iterator[None]:
         with self._threads:
-            descriptor = os.open(f"{database_path}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = os.open(f"{database_path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 _lock_exclusively(descriptor)
                 yield

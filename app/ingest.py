@@ -29,6 +29,7 @@ MAX_GROUP = 256
 
 @dataclass
 class _Submission:
+    tenant: str
     content: str
     done: threading.Event = field(default_factory=threading.Event)
     leads: bool = False
@@ -47,9 +48,9 @@ class GroupCommit:
         self._previous_group_size = 0
         self._previous_group_started = 0.0
 
-    def create(self, content: str) -> dict[str, Any]:
-        """Store one pending message and return its row once committed."""
-        mine = _Submission(content)
+    def create(self, tenant: str, content: str) -> dict[str, Any]:
+        """Store one pending message of ``tenant`` and return its row once committed."""
+        mine = _Submission(tenant, content)
         with self._lock:
             self._queue.append(mine)
             mine.leads = not self._committing
@@ -78,7 +79,7 @@ class GroupCommit:
         self._previous_group_size = len(group)
         self._previous_group_started = time.monotonic()
         try:
-            rows = lifecycle.create_messages([submission.content for submission in group])
+            rows = lifecycle.create_pending([(s.tenant, s.content) for s in group])
             for submission, row in zip(group, rows, strict=True):
                 submission.row = row
         except BaseException as error:

@@ -12,6 +12,7 @@ message that kills its worker every time still ends ``failed``.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import pending_rows, tallies
 from app.database import driver_write_transaction, read_connection, write_transaction
-from app.models import IdempotencyKey, Message, MessageStatus, UTCDateTime
+from app.models import DEFAULT_TENANT, IdempotencyKey, Message, MessageStatus, UTCDateTime
 
 PENDING = MessageStatus.PENDING
 # A message that lost its worker this often may be what kills it: it runs alone from then on.
@@ -50,6 +51,7 @@ class ClaimedMessage:
     content: str
     attempts: int
     created_at: datetime
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -115,17 +117,25 @@ class IdempotentMessageGone(Exception):
 
 @dataclass(frozen=True)
 class IdempotentRequest:
-    """A client-chosen key, how long to honour it, and the content it goes with."""
+    """A tenant's client-chosen key, how long to honour it; the content it goes with is checked."""
 
     key: str
     ttl_seconds: float
+    tenant: str = DEFAULT_TENANT
 
-    def fingerprint(self, content: str) -> str:
-        return hashlib.sha256(content.encode("utf-8")).hexdigest()
+    def fingerprint(self, contents: list[str], batch: bool) -> str:
+        """SHA-256 of what the request carried: one content, or a batch of them."""
+        if not batch:
+            return hashlib.sha256(contents[0].encode("utf-8")).hexdigest()
+        return hashlib.sha256(json.dumps(["batch", contents]).encode("utf-8")).hexdigest()
+
+    def where(self) -> Any:
+        """The SQL condition selecting this key's row."""
+        return (IdempotencyKey.tenant == self.tenant) & (IdempotencyKey.key == self.key)
 
 
 def create_message(
-    content: str, idempotency: IdempotentRequest | None = None
+    content: str, idempotency: IdempotentRequest | None = None, tenant: str = DEFAULT_TENANT
 ) -> tuple[dict[str, Any], bool]:
     """Store a new pending message; return its row and whether it was created just now.
 
@@ -135,65 +145,90 @@ def create_message(
     message was deleted since. Two racing first uses of one key collide on
     the key's primary key; the loser retries and finds the winner's message.
     """
+    rows, created = create_batch([content], idempotency, tenant, batch=False)
+    return rows[0], created
+
+
+def create_batch(
+    contents: list[str],
+    idempotency: IdempotentRequest | None,
+    tenant: str = DEFAULT_TENANT,
+    batch: bool = True,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Store pending messages in one transaction, honouring an idempotency key; rows, created."""
     for attempt in range(2):
         try:
-            return _create_message(content, idempotency)
+            return _create(contents, idempotency, tenant, batch)
         except IntegrityError:
             if idempotency is None or attempt:
                 raise
     raise AssertionError("unreachable")
 
 
-def _create_message(
-    content: str, idempotency: IdempotentRequest | None
-) -> tuple[dict[str, Any], bool]:
+def _create(
+    contents: list[str], idempotency: IdempotentRequest | None, tenant: str, batch: bool
+) -> tuple[list[dict[str, Any]], bool]:
     now = utcnow()
     with write_transaction() as connection:
+        fingerprint = idempotency.fingerprint(contents, batch) if idempotency else ""
         if idempotency is not None:
-            replayed = _replay(connection, content, idempotency, now)
+            replayed = _replay(connection, fingerprint, idempotency, now)
             if replayed is not None:
                 return replayed, False
-        [row] = pending_rows.insert(
-            connection.connection.driver_connection, connection.dialect, [content], now
+        rows = pending_rows.insert(
+            connection.connection.driver_connection,
+            connection.dialect,
+            [(tenant, content) for content in contents],
+            now,
         )
         if idempotency is not None:
             connection.execute(
                 insert(IdempotencyKey).values(
+                    tenant=idempotency.tenant,
                     key=idempotency.key,
-                    fingerprint=idempotency.fingerprint(content),
-                    message_id=row["id"],
+                    fingerprint=fingerprint,
+                    message_id=rows[0]["id"],
+                    batch_ids=[row["id"] for row in rows] if batch else None,
                     expires_at=now + timedelta(seconds=idempotency.ttl_seconds),
                 )
             )
-    return row, True
+    return rows, True
 
 
-def create_messages(contents: list[str]) -> list[dict[str, Any]]:
-    """Store several new pending messages in one transaction; rows in the given order."""
+def create_messages(contents: list[str], tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+    """Store several new pending messages of one tenant in one transaction; rows in order."""
+    return create_pending([(tenant, content) for content in contents])
+
+
+def create_pending(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Store (tenant, content) messages in one transaction; rows in the given order."""
     with driver_write_transaction() as (driver_connection, dialect):
-        return pending_rows.insert(driver_connection, dialect, contents, utcnow())
+        return pending_rows.insert(driver_connection, dialect, items, utcnow())
 
 
 def _replay(
-    connection: Connection, content: str, idempotency: IdempotentRequest, now: datetime
-) -> dict[str, Any] | None:
-    """The message an unexpired key already created, or None (dropping an expired key)."""
+    connection: Connection, fingerprint: str, idempotency: IdempotentRequest, now: datetime
+) -> list[dict[str, Any]] | None:
+    """The messages an unexpired key already created, or None (dropping an expired key)."""
     seen = connection.execute(
-        select(*IdempotencyKey.__table__.columns).where(IdempotencyKey.key == idempotency.key)
+        select(*IdempotencyKey.__table__.columns).where(idempotency.where())
     ).one_or_none()
     if seen is None:
         return None
     if seen.expires_at <= now:
-        connection.execute(delete(IdempotencyKey).where(IdempotencyKey.key == idempotency.key))
+        connection.execute(delete(IdempotencyKey).where(idempotency.where()))
         return None
-    if seen.fingerprint != idempotency.fingerprint(content):
+    if seen.fingerprint != fingerprint:
         raise IdempotencyKeyReused(idempotency.key)
-    message = connection.execute(
-        select(*Message.__table__.columns).where(Message.id == seen.message_id)
-    ).one_or_none()
-    if message is None:
-        raise IdempotentMessageGone(idempotency.key, seen.message_id)
-    return message._asdict()
+    ids = seen.batch_ids or [seen.message_id]
+    found = {
+        row.id: row._asdict()
+        for row in connection.execute(select(*Message.__table__.columns).where(Message.id.in_(ids)))
+    }
+    gone = [message_id for message_id in ids if message_id not in found]
+    if gone:
+        raise IdempotentMessageGone(idempotency.key, gone[0])
+    return [found[message_id] for message_id in ids]
 
 
 def purge_expired_idempotency_keys(limit: int = 1000) -> int:
@@ -252,7 +287,9 @@ def _claim_statement(*, retried: bool, alone: bool | None = None) -> Update:
             updated_at=now,
             lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
         )
-        .returning(Message.id, Message.content, Message.attempts, Message.created_at)
+        .returning(
+            Message.id, Message.content, Message.attempts, Message.created_at, Message.tenant
+        )
     )
 
 
@@ -292,7 +329,7 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
         if idle:
             lone = _claim_with(connection, _claim_after_lost_worker, now, lease_until, 1)
             if lone:
-                tallies.apply(connection, {PENDING: -1, PROCESSING: 1})
+                tallies.apply(connection, _claimed(lone))
                 return Claim(lone, alone=True)
         else:
             lone_due = _due(retried=True, now=now, alone=True).limit(1)
@@ -301,9 +338,12 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
         claimed = _claim_with(connection, _claim_retried_safely, now, lease_until, limit)
         if len(claimed) < limit:
             claimed += _claim_with(connection, _claim_new, now, lease_until, limit - len(claimed))
-        if claimed:
-            tallies.apply(connection, {PENDING: -len(claimed), PROCESSING: len(claimed)})
+        tallies.apply(connection, _claimed(claimed))
     return Claim(claimed)
+
+
+def _claimed(messages: list[ClaimedMessage]) -> tallies.Deltas:
+    return tallies.transition_deltas((m.tenant, PENDING, PROCESSING) for m in messages)
 
 
 def _record_outcome(status: MessageStatus, **values: Any) -> Update:
@@ -347,7 +387,8 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     if not outcomes:
         return FinishReport()
     now = utcnow()
-    rows: dict[MessageStatus, list[dict[str, Any]]] = {COMPLETED: [], FAILED: [], PENDING: []}
+    # One executemany per (status, tenant): its row count is how many of that tenant's moved.
+    rows: dict[tuple[MessageStatus, str], list[dict[str, Any]]] = {}
     # In id order: each statement then locks its rows in that order. Two finishers of the
     # same claims (a stale one and its successor) may still meet in another order on
     # PostgreSQL; the deadlock error that follows is transient, and the drain retries.
@@ -361,17 +402,23 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
             row["m_error"] = outcome.error
         if status == PENDING:
             row["m_available"] = now + timedelta(seconds=policy.delay(message.attempts))
-        rows[status].append(row)
+        rows.setdefault((status, message.tenant), []).append(row)
     with write_transaction() as connection:
-        moved = {
-            status: connection.execute(_OUTCOME_STATEMENTS[status], status_rows).rowcount
-            for status, status_rows in rows.items()
-            if status_rows
-        }
+        moved = Counter(
+            {
+                (tenant, status): connection.execute(_OUTCOME_STATEMENTS[status], group).rowcount
+                for (status, tenant), group in sorted(rows.items())
+            }
+        )
         deltas = _ended_claims(moved)
-        deltas[tallies.RETRIES] += moved.get(PENDING, 0)
+        for (tenant, status), count in moved.items():
+            if status == PENDING:
+                deltas[tenant, tallies.RETRIES] += count
         tallies.apply(connection, deltas)
-    completed, failed, retried = (moved.get(status, 0) for status in (COMPLETED, FAILED, PENDING))
+    completed, failed, retried = (
+        sum(count for (_, status), count in moved.items() if status == wanted)
+        for wanted in (COMPLETED, FAILED, PENDING)
+    )
     return FinishReport(
         completed=completed,
         failed=failed,
@@ -380,10 +427,12 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     )
 
 
-def _ended_claims(counts: Mapping[str, int]) -> Counter[str]:
-    """Tally changes for ``counts[status]`` claims that left ``processing`` for ``status``."""
+def _ended_claims(counts: Mapping[tuple[str, str], int]) -> tallies.Deltas:
+    """Tally changes for ``counts[tenant, status]`` claims that left ``processing`` for it."""
     return tallies.transition_deltas(
-        (PROCESSING, status) for status, count in counts.items() for _ in range(count)
+        (tenant, PROCESSING, status)
+        for (tenant, status), count in counts.items()
+        for _ in range(count)
     )
 
 
@@ -419,20 +468,27 @@ def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
     if not messages:
         return 0
     now = utcnow()
-    rows = [
-        {
-            "m_id": m.id,
-            "m_attempts": m.attempts,
-            "m_error": reason,
-            "m_now": now,
-            "m_available": now,
-        }
-        for m in sorted(messages, key=lambda message: message.id)
-    ]
+    # One executemany per tenant: its row count is how many of that tenant's were released.
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for m in sorted(messages, key=lambda message: message.id):
+        rows.setdefault(m.tenant, []).append(
+            {
+                "m_id": m.id,
+                "m_attempts": m.attempts,
+                "m_error": reason,
+                "m_now": now,
+                "m_available": now,
+            }
+        )
     with write_transaction() as connection:
-        released = connection.execute(_retry_later, rows).rowcount
-        tallies.apply(connection, _ended_claims({PENDING: released}))
-    return released
+        released = Counter(
+            {
+                (tenant, PENDING): connection.execute(_retry_later, group).rowcount
+                for tenant, group in sorted(rows.items())
+            }
+        )
+        tallies.apply(connection, _ended_claims(released))
+    return sum(released.values())
 
 
 def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[str]:
@@ -442,27 +498,31 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
     finisher is never raced; several sweepers at once each take distinct rows.
     """
     now = utcnow()
-    recovered: Counter[str] = Counter()
+    moves: Counter[tuple[str, str]] = Counter()  # (tenant, new status) -> messages
     with write_transaction() as connection:
         expired = connection.execute(
-            select(Message.id, Message.attempts)
+            select(Message.id, Message.attempts, Message.tenant)
             .where(Message.status == PROCESSING, Message.lease_expires_at < now)
             .order_by(Message.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        for message_id, attempts in expired:
+        for message_id, attempts, tenant in expired:
             reason = f"worker lost during attempt {attempts} (lease expired)"
             claim = {"m_id": message_id, "m_attempts": attempts, "m_error": reason, "m_now": now}
             if policy.exhausted(attempts):
                 connection.execute(_fail, [claim])
-                recovered[FAILED] += 1
+                moves[tenant, FAILED] += 1
             else:
                 connection.execute(_take_back_from_lost_worker, [claim])
-                recovered[PENDING] += 1
-        deltas = _ended_claims(recovered)
-        deltas[tallies.RECOVERIES] += len(expired)
+                moves[tenant, PENDING] += 1
+        deltas = _ended_claims(moves)
+        for (tenant, _), count in moves.items():
+            deltas[tenant, tallies.RECOVERIES] += count
         tallies.apply(connection, deltas)
+    recovered: Counter[str] = Counter()
+    for (_, status), count in moves.items():
+        recovered[status] += count
     return recovered
 
 
@@ -494,5 +554,5 @@ def retry_failed(message_id: int) -> dict[str, Any] | None:
             .returning(*Message.__table__.columns)
         ).one_or_none()
         if row is not None:
-            tallies.apply(connection, {FAILED: -1, PENDING: 1})
+            tallies.apply(connection, tallies.transition_deltas([(row.tenant, FAILED, PENDING)]))
     return row._asdict() if row is not None else None

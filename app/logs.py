@@ -11,6 +11,7 @@ in the ``X-Request-ID`` header, which Gunicorn's access lines read.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable
@@ -22,8 +23,9 @@ from pythonjsonlogger.json import JsonFormatter
 from werkzeug.wsgi import ClosingIterator
 
 REQUEST_ID_HEADER = "X-Request-ID"
-MAX_REQUEST_ID_LENGTH = 128
 NO_ID = "-"
+# Letters, digits and . _ : - only: anything else could forge fields in the text log format.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 TEXT_FORMAT = (
     "%(asctime)s %(levelname)s [%(name)s] [req=%(request_id)s msg=%(message_id)s] %(message)s"
 )
@@ -65,7 +67,7 @@ def configure_logging(level: str, fmt: str) -> None:
 
 def request_id_for(supplied: str | None) -> str:
     """The id of a request: the client's ``X-Request-ID`` when usable, else a new one."""
-    if supplied and len(supplied) <= MAX_REQUEST_ID_LENGTH and supplied.isprintable():
+    if supplied and REQUEST_ID_PATTERN.fullmatch(supplied):
         return supplied
     return uuid.uuid4().hex
 

@@ -22,6 +22,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
 
+# The tenant of the messages stored before tenants existed, and of the development key.
+DEFAULT_TENANT = "default"
+TENANT_LENGTH = 64
+
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -80,6 +84,8 @@ class Message(db.Model):
         Integer, nullable=False, default=0, server_default="0"
     )
     result: Mapped[Any | None] = mapped_column(JSON)
+    # Whose message it is: the tenant of the API key that created it.
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), nullable=False)
 
     __table_args__ = (
         # The database refuses any other status too (migration hygiene_0001).
@@ -87,6 +93,9 @@ class Message(db.Model):
             "status IN ({})".format(", ".join(f"'{status}'" for status in MessageStatus)),
             name="ck_messages_status",
         ),
+        # Serves a tenant's pages, newest first, with and without the status filter.
+        Index("ix_messages_tenant_id", "tenant", "id"),
+        Index("ix_messages_tenant_status_id", "tenant", "status", "id"),
         # Serves the status filter (newest first), the lease sweep and the backlog age.
         Index("ix_messages_status_id", "status", "id"),
         # Serves the claims: first attempts in id order, and the few retries on their own.
@@ -95,28 +104,35 @@ class Message(db.Model):
 
 
 class Tally(db.Model):
-    """A running count, split into shards so concurrent writers rarely share a row.
+    """A running count of one tenant, split into shards so concurrent writers rarely share a row.
 
     Status counts move with every transition; ``processed_*``, ``retries`` and
-    ``recoveries`` only grow and back the Prometheus counters.
+    ``recoveries`` only grow and back the Prometheus counters. A tenant's rows
+    are made with its first API key (:func:`app.tallies.ensure_tenant`).
     """
 
     __tablename__ = "message_tallies"
 
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class IdempotencyKey(db.Model):
-    """A client's ``Idempotency-Key`` and the message its first request created."""
+    """A tenant's ``Idempotency-Key`` and the message(s) its first request created."""
 
     __tablename__ = "idempotency_keys"
 
+    # Keys are the tenant's own: another tenant's identical key is another key.
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # SHA-256 of the request's content: a replay must carry the same content.
+    # SHA-256 of the request's content (or batch): a replay must carry the same.
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The message created (the first one of a batch).
     message_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    # A batch's messages in order; NULL for a single message.
+    batch_ids: Mapped[list[int] | None] = mapped_column(JSON)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
 
 
@@ -127,7 +143,7 @@ class ApiKey(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
-    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), nullable=False)
     # Comma-separated, e.g. "read,submit".
     scopes: Mapped[str] = mapped_column(String(64), nullable=False)
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False)

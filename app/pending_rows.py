@@ -2,9 +2,10 @@
 
 ``POST /messages`` is the request the service answers most, and its
 transaction is always the same two statements: insert the messages, add their
-number to the pending tally. Through SQLAlchemy Core each statement costs more
-CPU in execution-context and result machinery than SQLite spends running it
-(BENCHMARKS.md, "Ingest transaction on the DB-API connection"), so these two
+number to the pending tally (one update per tenant among them). Through
+SQLAlchemy Core each statement costs more CPU in execution-context and result
+machinery than SQLite spends running it (BENCHMARKS.md, "Ingest transaction on
+the DB-API connection"), so these two
 run as plain SQL on the DB-API connection
 (:func:`app.database.driver_write_transaction`). Timestamps go
 through the bind processor of the column type as the dialect implements it
@@ -15,6 +16,7 @@ SQLAlchemy.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,12 +37,15 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
         table, tally = Message.__tablename__, Tally.__tablename__
+        # Table names are the models' own and every value is a bound parameter: no injection.
         self.insert = (
-            f"INSERT INTO {table} (content, status, attempts, created_at, updated_at, available_at)"
-            f" VALUES ({mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
+            f"INSERT INTO {table}"  # nosec B608
+            " (tenant, content, status, attempts, created_at, updated_at, available_at)"
+            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
         )
         self.add_to_tally = (
-            f"UPDATE {tally} SET value = value + {mark} WHERE name = {mark} AND shard = {mark}"
+            f"UPDATE {tally} SET value = value + {mark}"  # nosec B608
+            f" WHERE tenant = {mark} AND name = {mark} AND shard = {mark}"
         )
         column = UTCDateTime().dialect_impl(dialect)
         self.timestamp: Callable[[datetime], Any] = column.bind_processor(dialect) or (
@@ -59,32 +64,33 @@ def _for(dialect: Dialect) -> _Statements:
 
 
 def insert(
-    driver_connection: Any, dialect: Dialect, contents: list[str], now: datetime
+    driver_connection: Any, dialect: Dialect, items: list[tuple[str, str]], now: datetime
 ) -> list[dict[str, Any]]:
-    """Insert pending messages in the DB-API connection's transaction; their rows, in order."""
+    """Insert pending (tenant, content) messages in the transaction; their rows, in order."""
     statements = _for(dialect)
     stored_now = statements.timestamp(now)
     cursor = driver_connection.cursor()
     try:
         ids = []
-        for content in contents:
-            cursor.execute(statements.insert, (content, stored_now, stored_now, stored_now))
+        for tenant, content in items:
+            cursor.execute(statements.insert, (tenant, content, stored_now, stored_now, stored_now))
             ids.append(cursor.fetchone()[0])
-        cursor.execute(
-            statements.add_to_tally, (len(contents), PENDING.value, tallies.random_shard())
-        )
+        shard = tallies.random_shard()
+        for tenant, count in sorted(Counter(tenant for tenant, _ in items).items()):
+            cursor.execute(statements.add_to_tally, (count, tenant, PENDING.value, shard))
     finally:
         cursor.close()
     return [
-        _new_row(message_id, content, now)
-        for message_id, content in zip(ids, contents, strict=True)
+        _new_row(message_id, tenant, content, now)
+        for message_id, (tenant, content) in zip(ids, items, strict=True)
     ]
 
 
-def _new_row(message_id: int, content: str, now: datetime) -> dict[str, Any]:
+def _new_row(message_id: int, tenant: str, content: str, now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
     row.update(
         id=message_id,
+        tenant=tenant,
         content=content,
         status=PENDING,
         attempts=0,

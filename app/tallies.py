@@ -1,13 +1,14 @@
-"""Running counts kept beside the messages, in the same transactions.
+"""Running counts kept beside the messages, in the same transactions, per tenant.
 
 Reading ``GET /messages/stats`` or the processed counters then costs a few
-dozen rows instead of a scan of the messages table. Each writing transaction
-picks one random shard, so concurrent PostgreSQL writers rarely wait on the same
-row, and updates the names in sorted order, so two of them never deadlock.
+dozen rows instead of a scan of the messages table, for one tenant or, summed,
+for all. Each writing transaction picks one random shard, so concurrent
+PostgreSQL writers rarely wait on the same row, and updates the rows in sorted
+order, so two of them never deadlock. A tenant's rows exist from its first API
+key on (:func:`ensure_tenant`); the migration made those of ``default``.
 
-The rows are created once, by migration 0001, and only ever updated: a missing
-row would make every count added to it vanish, so :func:`verify` refuses to
-start on a database that lacks one.
+The rows are only ever updated: a missing row would make every count added to
+it vanish, so :func:`verify` refuses to start on a database that lacks one.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import bindparam, func, inspect, select, update
+from sqlalchemy import bindparam, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection
 
-from app.models import MessageStatus, Tally
+from app.models import DEFAULT_TENANT, MessageStatus, Tally
 
 SHARDS = 8  # matches the rows created by migration 0001
 PROCESSED_COMPLETED = "processed_completed"
@@ -32,6 +33,9 @@ PROCESSED_BY_STATUS = {
 }
 NAMES = (*MessageStatus, PROCESSED_COMPLETED, PROCESSED_FAILED, RETRIES, RECOVERIES)
 
+# (tenant, tally name) -> change
+Deltas = Counter[tuple[str, str]]
+
 
 class MissingTallies(RuntimeError):
     """The database lacks tally rows, so the counts kept in them would be lost."""
@@ -39,7 +43,11 @@ class MissingTallies(RuntimeError):
 
 _add = (
     update(Tally)
-    .where(Tally.name == bindparam("tally_name"), Tally.shard == bindparam("tally_shard"))
+    .where(
+        Tally.tenant == bindparam("tally_tenant"),
+        Tally.name == bindparam("tally_name"),
+        Tally.shard == bindparam("tally_shard"),
+    )
     .values(value=Tally.value + bindparam("delta"))
 )
 
@@ -49,50 +57,78 @@ def random_shard() -> int:
     return random.randrange(SHARDS)
 
 
-def apply(connection: Connection, deltas: Mapping[str, int]) -> None:
-    """Add each delta to its tally, inside the caller's transaction."""
+def apply(connection: Connection, deltas: Mapping[tuple[str, str], int]) -> None:
+    """Add each delta to its tenant's tally, inside the caller's transaction."""
     shard = random_shard()
     rows = [
-        {"tally_name": name, "tally_shard": shard, "delta": delta}
-        for name, delta in sorted(deltas.items())
+        {"tally_tenant": tenant, "tally_name": name, "tally_shard": shard, "delta": delta}
+        for (tenant, name), delta in sorted(deltas.items())
         if delta
     ]
     if rows:
         connection.execute(_add, rows)
 
 
-def transition_deltas(moves: Iterable[tuple[str, str]]) -> Counter[str]:
-    """Tally changes for rows moving between statuses, plus the processed counters."""
-    deltas: Counter[str] = Counter()
-    for old, new in moves:
-        deltas[old] -= 1
-        deltas[new] += 1
+def transition_deltas(moves: Iterable[tuple[str, str, str]]) -> Deltas:
+    """Tally changes for rows of a tenant moving between statuses, plus the processed counters."""
+    deltas: Deltas = Counter()
+    for tenant, old, new in moves:
+        deltas[tenant, old] -= 1
+        deltas[tenant, new] += 1
         if new in PROCESSED_BY_STATUS:
-            deltas[PROCESSED_BY_STATUS[new]] += 1
+            deltas[tenant, PROCESSED_BY_STATUS[new]] += 1
     return deltas
 
 
-def read(connection: Connection) -> dict[str, int]:
-    """Every tally, summed over its shards."""
-    rows = connection.execute(select(Tally.name, func.sum(Tally.value)).group_by(Tally.name))
-    return {name: int(total) for name, total in rows}
+def read(connection: Connection, tenant: str | None = None) -> dict[str, int]:
+    """Every tally of one tenant, or of all when ``tenant`` is None, summed over shards."""
+    query = select(Tally.name, func.sum(Tally.value)).group_by(Tally.name)
+    if tenant is not None:
+        query = query.where(Tally.tenant == tenant)
+    return {name: int(total) for name, total in connection.execute(query)}
+
+
+def ensure_tenant(connection: Connection, tenant: str) -> None:
+    """Create a tenant's tally rows unless it has them (its first key does this)."""
+    if connection.execute(select(Tally.name).where(Tally.tenant == tenant).limit(1)).first():
+        return
+    connection.execute(
+        insert(Tally),
+        [
+            {"tenant": tenant, "name": name, "shard": shard, "value": 0}
+            for name in NAMES
+            for shard in range(SHARDS)
+        ],
+    )
 
 
 def verify(connection: Connection) -> None:
-    """Raise :class:`MissingTallies` unless every tally has its row in every shard.
+    """Raise :class:`MissingTallies` unless every tenant's tallies have a row in every shard.
 
-    A database whose schema is not there yet (before its first migration) passes:
-    the migration creates the rows.
+    A database whose schema is not there yet (before its migrations) passes: the
+    migrations create the rows.
     """
-    if not inspect(connection).has_table(Tally.__tablename__):
+    schema = inspect(connection)
+    if not schema.has_table(Tally.__tablename__):
         return
-    present = {tuple(row) for row in connection.execute(select(Tally.name, Tally.shard))}
-    missing = sorted({(str(name), shard) for name in NAMES for shard in range(SHARDS)} - present)
+    if "tenant" not in {column["name"] for column in schema.get_columns(Tally.__tablename__)}:
+        return  # before migration security_0002, which gives the tallies their tenants
+    present = {
+        tuple(row) for row in connection.execute(select(Tally.tenant, Tally.name, Tally.shard))
+    }
+    tenants = {tenant for tenant, _, _ in present} | {DEFAULT_TENANT}
+    expected = {
+        (tenant, str(name), shard)
+        for tenant in tenants
+        for name in NAMES
+        for shard in range(SHARDS)
+    }
+    missing = sorted(expected - present)
     if missing:
-        shown = ", ".join(f"{name}/{shard}" for name, shard in missing[:8])
+        shown = ", ".join(f"{tenant}/{name}/{shard}" for tenant, name, shard in missing[:8])
         raise MissingTallies(
-            f"{Tally.__tablename__} lacks {len(missing)} of its {len(NAMES) * SHARDS} rows "
-            f"(name/shard: {shown}{', ...' if len(missing) > 8 else ''}); counts added to "
-            "them would be lost. Migration 0001 creates them: restore them (value 0, or the "
-            "count they held) before starting N3Hub on this database."
+            f"{Tally.__tablename__} lacks {len(missing)} of its {len(expected)} rows "
+            f"(tenant/name/shard: {shown}{', ...' if len(missing) > 8 else ''}); counts added "
+            "to them would be lost. Migration 0001 (and each tenant's first API key) creates "
+            "them: restore them (value 0, or the count they held) before starting N3Hub."
         )

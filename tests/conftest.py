@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from flask import Flask, request, request_started
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, delete, text, update
+from sqlalchemy import create_engine, delete, event, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -63,6 +63,8 @@ TEST_SETTINGS = {
     "N3HUB_LEASE_SECONDS": "30",
     "N3HUB_DRAIN_BUDGET": "2",
     "LOG_LEVEL": "INFO",
+    # Limits high enough for the bursts of the tests, counted in Redis all the same.
+    "N3HUB_RATE_LIMIT": "1000000/second",
 }
 
 
@@ -222,11 +224,29 @@ def worker_app(worker_stack_env: dict[str, str]) -> Iterator[Flask]:
     yield from session_app(worker_stack_env)
 
 
+@contextmanager
+def statements_run(app: Flask) -> Iterator[list[str]]:
+    """The SQL statements the app's engine ran meanwhile."""
+    statements: list[str] = []
+    with app.app_context():
+        engine = db.engine
+
+    def seen(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+
 def reset_database(app: Flask) -> None:
     """Remove every message and idempotency key, and zero the tallies."""
     with app.app_context(), write_transaction() as connection:
         connection.execute(delete(IdempotencyKey))
         connection.execute(delete(Message))
+        connection.execute(delete(IdempotencyKey))
         connection.execute(update(Tally).values(value=0))
 
 

@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from app import create_app
 from app.api.guard import Guard
@@ -30,6 +30,7 @@ from tests.conftest import (
     make_api_key,
     reset_database,
     stack_environment,
+    statements_run,
 )
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer, free_port
@@ -167,18 +168,8 @@ def test_keys_are_random_and_stored_only_as_hashes(app: Flask) -> None:
 
 def test_a_cached_key_costs_no_database_query(app: Flask, client: FlaskClient) -> None:
     client.get("/messages/stats")  # warms this process's cache
-    statements: list[str] = []
-    with app.app_context():
-        engine = db.engine
-
-    def seen(conn, cursor, statement, *args) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_run(app) as statements:
         assert client.get("/messages/stats").status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert statements and not any("api_keys" in statement for statement in statements)
 
 

@@ -54,6 +54,14 @@ PROFILE_SERVICES = {
 }
 POSTGRES_OVERRIDE = "docker-compose.postgres.yaml"
 METRICS_TOKEN_SECRET = "/run/secrets/metrics_token"
+# Compose has no default for any password: a test sets them all.
+COMPOSE_SECRETS = {
+    "REDIS_PASSWORD": "redis-test-password",
+    "POSTGRES_PASSWORD": "postgres-test-password",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
+    "FLOWER_BASIC_AUTH": "ops:flower-test-password",
+}
+REDIS_HOST_URL = f"redis://:{COMPOSE_SECRETS['REDIS_PASSWORD']}@redis:6379"
 METRICS_TOKEN = "native-stack-metrics-token"
 # Environment a developer's shell may hold that would leak into the "container".
 HOST_ONLY_VARIABLES = ("N3HUB_", "CELERY_", "FLASK_", "PROMETHEUS_", "GUNICORN_", "LOG_")
@@ -68,8 +76,13 @@ def read_yaml(name: str) -> dict[str, Any]:
     return yaml.safe_load((PROJECT_ROOT / name).read_text())
 
 
+class MissingVariable(KeyError):
+    """A ``${NAME:?message}`` whose variable is unset or empty: Compose refuses to start."""
+
+
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's variable substitution (``${NAME}``, ``${NAME:-default}``, ``$$``)."""
+    """Compose's variable substitution (``${NAME}``, ``${NAME:-default}``, ``${NAME:?error}``,
+    ``$$``)."""
     if isinstance(value, dict):
         return {key: interpolate(item, env) for key, item in value.items()}
     if isinstance(value, list):
@@ -80,9 +93,13 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        return env.get(match.group("name")) or match.group("default") or ""
+        found = env.get(match.group("name"))
+        if not found and match.group("error") is not None:
+            raise MissingVariable(match.group("name"))
+        return found or match.group("default") or ""
 
-    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}", substitute, value)
+    pattern = r"\$\$|\$\{(?P<name>\w+)(?::-(?P<default>[^}]*)|:\?(?P<error>[^}]*))?\}"
+    return re.sub(pattern, substitute, value)
 
 
 def merge(base: Any, override: Any) -> Any:
@@ -93,11 +110,14 @@ def merge(base: Any, override: Any) -> Any:
 
 
 def compose_project(*files: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The Compose files merged in order and interpolated, as ``docker-compose -f`` reads them."""
+    """The Compose files merged in order and interpolated, as ``docker-compose -f`` reads them.
+
+    The passwords of ``COMPOSE_SECRETS`` are set unless ``env`` says otherwise.
+    """
     project: dict[str, Any] = {}
     for name in files:
         project = merge(project, read_yaml(name))
-    return interpolate(project, env or {})
+    return interpolate(project, COMPOSE_SECRETS if env is None else env)
 
 
 def active_services(project: dict[str, Any], *profiles: str) -> set[str]:
@@ -307,8 +327,8 @@ def test_web_and_worker_run_one_image_on_the_broker_and_a_shared_database(compos
     for service in (web, worker):
         env = service["environment"]
         assert env["FLASK_ENV"] == "production"
-        assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
-        assert env["CELERY_RESULT_BACKEND"] == "redis://redis:6379/1"
+        assert env["CELERY_BROKER_URL"] == f"{REDIS_HOST_URL}/0"
+        assert env["CELERY_RESULT_BACKEND"] == f"{REDIS_HOST_URL}/1"
         assert depends_on(service) == {"redis": "service_healthy"}
         database = make_url(env["DATABASE_URL"]).database
         [volume] = [m for m in mounts(service) if database.startswith(m.target + "/")]
@@ -329,7 +349,33 @@ def test_redis_persists_never_evicts_and_reports_health(compose: dict) -> None:
     assert "--maxmemory-policy noeviction" in command
     [data] = mounts(redis)
     assert data.named and data.target == "/data"
-    assert healthcheck_argv(redis["healthcheck"]["test"]) == ["redis-cli", "ping"]
+    password = COMPOSE_SECRETS["REDIS_PASSWORD"]
+    assert f"--requirepass {password}" in command
+    assert healthcheck_argv(redis["healthcheck"]["test"]) == [
+        "redis-cli", "--no-auth-warning", "-a", password, "ping"
+    ]  # fmt: skip
+    assert "ports" not in redis
+
+
+def test_every_password_comes_from_the_environment_without_default() -> None:
+    files = ("docker-compose.yaml", POSTGRES_OVERRIDE)
+    for name in COMPOSE_SECRETS:
+        with pytest.raises(MissingVariable, match=name):
+            compose_project(*files, env={k: v for k, v in COMPOSE_SECRETS.items() if k != name})
+    text = "".join((PROJECT_ROOT / name).read_text() for name in files)
+    assert not re.search(r"PASSWORD:-|BASIC_AUTH:-", text)
+
+
+def test_our_containers_are_hardened_and_every_service_bounded(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["mem_limit"] and service["pids_limit"], name
+    for name in ("web", "worker"):
+        service = compose["services"][name]
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert {"/tmp", "/home/n3hub"} <= set(service["tmpfs"]), name
+    flower = compose["services"]["flower"]
+    assert f"--basic-auth={COMPOSE_SECRETS['FLOWER_BASIC_AUTH']}" in flower["command"]
 
 
 def test_postgres_profile_and_override_point_the_app_at_it() -> None:
@@ -358,7 +404,9 @@ def test_postgres_profile_and_override_point_the_app_at_it() -> None:
 
 def test_postgres_password_comes_from_the_environment() -> None:
     project = compose_project(
-        "docker-compose.yaml", POSTGRES_OVERRIDE, env={"POSTGRES_PASSWORD": "s3cret"}
+        "docker-compose.yaml",
+        POSTGRES_OVERRIDE,
+        env=COMPOSE_SECRETS | {"POSTGRES_PASSWORD": "s3cret"},
     )
     assert project["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
     url = project["services"]["web"]["environment"]["DATABASE_URL"]
@@ -385,7 +433,7 @@ def test_monitoring_services_mount_the_repository_files(compose: dict) -> None:
     assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
     flower = services["flower"]
     assert flower["image"].startswith("mher/flower:")
-    assert "--broker=redis://redis:6379/0" in flower["command"]
+    assert f"--broker={REDIS_HOST_URL}/0" in flower["command"]
 
 
 def test_prometheus_scrapes_the_web_and_the_worker_metrics_port(compose: dict) -> None:
@@ -461,8 +509,16 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     )
     for files in (["docker-compose.yaml"], ["docker-compose.yaml", POSTGRES_OVERRIDE]):
         argv = [docker_compose, *(f"-f{name}" for name in files), "config", "-q"]
-        done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+        env = os.environ | COMPOSE_SECRETS
+        done = subprocess.run(
+            argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, env=env
+        )
         assert done.returncode == 0, done.stderr
+        bare = {k: v for k, v in env.items() if k not in COMPOSE_SECRETS}
+        refused = subprocess.run(
+            argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, env=bare
+        )
+        assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr
 
 
 # --- the Dockerfile ----------------------------------------------------------------------
@@ -682,7 +738,7 @@ def start_compose_redis(project: dict[str, Any], data_dir: Path) -> tuple[Manage
     argv = [redis_server_binary(), *flags, "--port", str(port), "--bind", "127.0.0.1"]
     server = ManagedProcess([*argv, "--dir", str(data_dir)], os.environ, data_dir / "redis.log")
     server.start()
-    url = f"redis://127.0.0.1:{port}"
+    url = f"redis://:{COMPOSE_SECRETS['REDIS_PASSWORD']}@127.0.0.1:{port}"
     try:
         wait_for(lambda: redis_answers(url) or not server.alive(), timeout=10, what="redis")
         assert server.alive(), server.log_tail()
@@ -715,7 +771,7 @@ def native_stack(
     redis, redis_url = start_compose_redis(project, tmp_path / "redis-data")
     token_file = tmp_path / "metrics-token"
     token_file.write_text(f"{METRICS_TOKEN}\n")
-    swaps = {"redis://redis:6379": redis_url, METRICS_TOKEN_SECRET: str(token_file)}
+    swaps = {REDIS_HOST_URL: redis_url, METRICS_TOKEN_SECRET: str(token_file)}
     web_env = project["services"]["web"]["environment"]
     database = make_url(web_env["DATABASE_URL"]).database or ""
     for mount in mounts(project["services"]["web"]):

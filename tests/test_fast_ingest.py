@@ -82,7 +82,15 @@ def test_a_request_hook_the_fast_path_does_not_apply_is_seen(stack_env: dict[str
 
 @pytest.mark.parametrize(
     ("supplied", "echoed"),
-    [("client-id-7", True), ("x" * 129, False), ("bad\tid", False), (None, False)],
+    [
+        ("client-id-7", True),
+        ("a.b_c:d-9", True),
+        ("x" * 129, False),
+        ("bad\tid", False),
+        ("forged] [req=other", False),
+        ("space id", False),
+        (None, False),
+    ],
 )
 def test_fast_path_echoes_a_usable_request_id_or_makes_one(
     client: FlaskClient, supplied: str | None, echoed: bool

@@ -14,7 +14,7 @@ from sqlalchemy import String, bindparam, cast, insert, select, update
 from app import ingest, lifecycle, pending_rows, queries
 from app.database import driver_write_transaction, read_connection, write_transaction
 from app.lifecycle import Outcome, RetryPolicy
-from app.models import Message
+from app.models import DEFAULT_TENANT, Message
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.usefixtures("isolated_app")
@@ -234,7 +234,7 @@ def test_group_commit_gives_each_concurrent_caller_its_own_row(isolated_app: Fla
     def create_many(thread: int) -> None:
         with isolated_app.app_context():
             for i in range(50):
-                row = group_commit.create(f"{thread}-{i}")
+                row = group_commit.create(DEFAULT_TENANT, f"{thread}-{i}")
                 with lock:
                     rows.append(row)
 
@@ -283,21 +283,21 @@ def test_group_commit_gathers_only_after_a_group_of_several(
     def join_from_another_thread() -> None:
         def create() -> None:
             with isolated_app.app_context():
-                joined.append(group_commit.create("second"))
+                joined.append(group_commit.create(DEFAULT_TENANT, "second"))
 
         threading.Thread(target=create).start()
         wait_for(lambda: len(group_commit._queue) == 2, timeout=10)
         clock.on_yield = lambda: None
 
     clock.on_yield = join_from_another_thread
-    first = group_commit.create("first")  # a group of two: the next leader gathers
+    first = group_commit.create(DEFAULT_TENANT, "first")  # a group of two: the next leader gathers
     wait_for(lambda: len(joined) == 1, timeout=10)
     assert joined[0]["created_at"] == first["created_at"]
     assert clock.waits == []
     clock.now += 0.1
-    third = group_commit.create("third")
+    third = group_commit.create(DEFAULT_TENANT, "third")
     assert clock.waits == [pytest.approx(0.4)]  # the rest of the gather after the group's start
-    group_commit.create("fourth")  # after a group of one: no wait
+    group_commit.create(DEFAULT_TENANT, "fourth")  # after a group of one: no wait
     assert clock.waits == [pytest.approx(0.4)]
     assert third["created_at"] != first["created_at"]
     assert stats_add_up()["pending"] == 4
@@ -348,7 +348,9 @@ def test_the_ingest_stores_timestamps_exactly_as_sqlalchemy_does() -> None:
     # Whole seconds: the case where Python's own datetime text and SQLAlchemy's differ.
     now = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
     with driver_write_transaction() as (connection, dialect):
-        [ingested] = pending_rows.insert(connection, dialect, ["through the ingest"], now)
+        [ingested] = pending_rows.insert(
+            connection, dialect, [(DEFAULT_TENANT, "through the ingest")], now
+        )
     with write_transaction() as connection:
         through_core = connection.execute(
             insert(Message)

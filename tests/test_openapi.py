@@ -77,10 +77,24 @@ def test_creates_document_location_idempotency_links_and_pagination(document: di
     links = create["responses"]["201"]["links"]
     assert {link["operationId"] for link in links.values()} == {"getMessage", "retryMessage"}
     listing = document["paths"]["/messages"]["get"]
-    assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor", "status"}
+    assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor", "status", "tenant"}
     page = document["components"]["schemas"]["MessagePage"]
     assert "next_cursor" in page["required"]
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+def test_security_answers_are_documented(document: dict) -> None:
+    paths = document["paths"]
+    batch = paths["/messages/batch"]["post"]
+    assert "Idempotent-Replayed" in batch["responses"]["200"]["headers"]
+    assert {"$ref": "#/components/parameters/IdempotencyKey"} in batch["parameters"]
+    for create in (batch, paths["/messages"]["post"]):
+        assert {"410", "413", "422", "429"} <= set(create["responses"])
+    for read in (paths["/messages/stats"]["get"], paths["/messages/{message_id}"]["get"]):
+        (tenant,) = [p for p in read["parameters"] if p["name"] == "tenant"]
+        assert tenant["in"] == "query" and "400" in read["responses"]
+    content = document["components"]["schemas"]["MessageIn"]["properties"]["content"]
+    assert content["maxLength"] == 100_000
 
 
 @pytest.fixture

@@ -58,15 +58,15 @@ def raises(error: Exception):
     ],
 )
 def test_run_processor_classifies_failures(processor, permanent: bool) -> None:
-    outcome = run_processor(processor, message("x"))
+    outcome = run_processor(processor, message("x"), 1024)
     assert not outcome.succeeded
     assert outcome.permanent is permanent
 
 
 def test_a_type_error_inside_the_processor_is_its_failure_not_a_result_that_is_not_json() -> None:
-    outcome = run_processor(raises(TypeError("unsupported operand")), message("x"))
+    outcome = run_processor(raises(TypeError("unsupported operand")), message("x"), 1024)
     assert outcome.error == "TypeError: unsupported operand"
-    unserialisable = run_processor(lambda _: {"at": object()}, message("x"))
+    unserialisable = run_processor(lambda _: {"at": object()}, message("x"), 1024)
     assert unserialisable.error is not None
     assert unserialisable.error.startswith("the processor's result is not JSON: TypeError")
 

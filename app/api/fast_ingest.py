@@ -39,8 +39,8 @@ from app.api.payloads import JSON_MIMETYPE
 from app.api.schemas import (
     IDEMPOTENCY_HEADER,
     MESSAGE,
-    MessageIn,
     json_bytes,
+    message_in,
     message_out,
     parse_body,
 )
@@ -79,6 +79,7 @@ class FastIngest:
         (rule,) = app.url_map.iter_rules(CREATE_ENDPOINT)
         self._path = rule.rule
         self._max_body = app.config["MAX_CONTENT_LENGTH"]
+        self._message_in = message_in(app.config["MAX_CONTENT_CHARS"])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         length = self._plain_length(environ)
@@ -87,13 +88,14 @@ class FastIngest:
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)
         try:
-            content = parse_body(MessageIn, body).content
+            content = parse_body(self._message_in, body).content
         except APIError:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)
         with self._app.app_context():
             try:
-                row = self._app.extensions["group_commit"].create(content)
+                tenant = environ[PRINCIPAL_ENVIRON].tenant
+                row = self._app.extensions["group_commit"].create(tenant, content)
             except Exception as error:
                 return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()

@@ -3,7 +3,8 @@
 A WSGI middleware, outermost, so nothing below it (the fast path of
 ``POST /messages`` or any Flask view) can be reached around it. For each request
 it finds the route's declared requirement (:mod:`app.auth.access`), reads the
-``Authorization: Bearer`` key and checks its scope. An accepted request carries
+``Authorization: Bearer`` key, checks its scope and charges it against the rate
+limits (:mod:`app.auth.quotas`). An accepted request carries
 its :class:`~app.auth.principals.Principal` in the WSGI environ; a refused one
 carries the refusal and goes to Flask, whose first hook raises it, so it is
 answered by the app's error handlers (JSON envelope, request id, metrics).
@@ -19,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from app.api.errors import APIError
 from app.auth.access import Access, Requirement, requirement_of
 from app.auth.keys import Scope
 from app.auth.principals import Principal, PrincipalCache, bearer_token, challenge, presents_token
+from app.auth.quotas import OverLimit, Quotas
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 PRINCIPAL_ENVIRON = "n3hub.principal"
@@ -37,6 +39,17 @@ MAX_FIXED_ROUTES = 256  # only routes without variables are kept, and those are 
 def unauthorized(message: str, invalid: bool) -> APIError:
     """A 401 that tells the client to send a bearer key."""
     return APIError(401, "unauthorized", message, headers=challenge(invalid))
+
+
+def too_many(over: OverLimit) -> APIError:
+    """A 429 for a key over one of its rate limits."""
+    return APIError(
+        429,
+        "rate_limited",
+        f"This API key went over its rate limit of {over.describe()}; retry later.",
+        {"limit": over.describe()},
+        headers=over.headers(),
+    )
 
 
 def forbidden(requirement: Requirement) -> APIError:
@@ -59,6 +72,7 @@ class Guard:
             endpoint: requirement_of(view) for endpoint, view in app.view_functions.items()
         }
         self._principals: PrincipalCache = app.extensions["principals"]
+        self._quotas: Quotas = app.extensions["quotas"]
         self._metrics_token: str = app.config["METRICS_TOKEN"]
         self._production = app.config["ENV_NAME"] == "production"
         self._fixed_routes: dict[tuple[str, str | None], Requirement | None] = {}
@@ -81,12 +95,14 @@ class Guard:
         if requirement == Access.METRICS:
             return self._admit_scraper(environ)
         principal = self._authenticate(environ)
-        if requirement == _UNMATCHED:
-            return principal  # Flask answers the 404 or 405
-        if not isinstance(requirement, Scope):
-            raise APIError(403, "forbidden", "This route is not open to API keys.")
-        if not principal.may(requirement):
-            raise forbidden(requirement)
+        if requirement != _UNMATCHED:  # else Flask answers the 404 or 405
+            if not isinstance(requirement, Scope):
+                raise APIError(403, "forbidden", "This route is not open to API keys.")
+            if not principal.may(requirement):
+                raise forbidden(requirement)
+        over = self._quotas.charge(principal.key_hash)
+        if over is not None:
+            raise too_many(over)
         return principal
 
     def _requirement(self, environ: dict[str, Any]) -> Requirement | str | None:
@@ -134,6 +150,14 @@ def principal() -> Principal:
     if admitted is None:
         raise unauthorized("Send an API key: 'Authorization: Bearer <key>'.", False)
     return admitted
+
+
+def charge_more(cost: int) -> None:
+    """Charge the current caller for ``cost`` more requests (a batch's messages); 429 if over."""
+    if cost > 0:
+        over = current_app.extensions["quotas"].charge(principal().key_hash, cost)
+        if over is not None:
+            raise too_many(over)
 
 
 def _raise_refusal() -> None:

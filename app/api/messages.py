@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, request
 
 from app import lifecycle, queries
 from app.api.errors import APIError
+from app.api.guard import charge_more, principal
 from app.api.payloads import json_body, json_response, request_idempotency_key
 from app.api.schemas import (
     IDEMPOTENCY_HEADER,
@@ -16,9 +17,11 @@ from app.api.schemas import (
     MESSAGE_LIST,
     MESSAGE_PAGE,
     STATS,
-    MessageIn,
+    TenantQuery,
     batch_in,
+    json_bytes,
     list_query,
+    message_in,
     message_out,
     parse_query,
 )
@@ -28,6 +31,7 @@ from app.lifecycle import IdempotencyKeyReused, IdempotentMessageGone, Idempoten
 from app.models import MessageStatus
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def location(root_path: str, message_id: int) -> str:
@@ -39,11 +43,44 @@ def location(root_path: str, message_id: int) -> str:
     return f"{root_path}{bp.url_prefix}/{message_id}"
 
 
-def _existing(message_id: int) -> dict[str, Any]:
-    row = queries.get_message(message_id) if message_id <= MAX_ID else None
+def _existing(message_id: int, tenant: str | None) -> dict[str, Any]:
+    """The message, if it exists and (with ``tenant``) is that tenant's; else a 404."""
+    row = queries.get_message(message_id, tenant) if message_id <= MAX_ID else None
     if row is None:
         raise APIError(404, "not_found", f"Message {message_id} does not exist.")
     return row
+
+
+def _json_size(row: dict[str, Any]) -> int:
+    """How many bytes a row takes in a response (its content and result dominate)."""
+    return len(json_bytes(MESSAGE, message_out(row)))
+
+
+def _readable_tenant(asked: str | None) -> str | None:
+    """The tenant a read is limited to: the caller's, or for admin ``?tenant=`` or every one."""
+    caller = principal()
+    if caller.may(Scope.ADMIN):
+        return asked
+    if asked is not None and asked != caller.tenant:
+        raise APIError(
+            403,
+            "forbidden",
+            "Only an admin key may read another tenant's messages.",
+            {"required_scope": Scope.ADMIN.value},
+        )
+    return caller.tenant
+
+
+def _asked_tenant() -> str | None:
+    """The ``?tenant=`` of a read other than the listing."""
+    return parse_query(TenantQuery, request.args).tenant
+
+
+def _idempotency(tenant: str) -> IdempotentRequest | None:
+    key = request_idempotency_key(request)
+    if key is None:
+        return None
+    return IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"], tenant)
 
 
 @bp.post("")
@@ -54,27 +91,26 @@ def create_message() -> Response:
     A repeated ``Idempotency-Key`` with the same content answers 200 with the
     first request's message and writes nothing.
     """
-    content = json_body(request, MessageIn).content
-    key = request_idempotency_key(request)
-    idempotency = (
-        IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"]) if key is not None else None
-    )
+    content = json_body(request, message_in(current_app.config["MAX_CONTENT_CHARS"])).content
+    tenant = principal().tenant
+    idempotency = _idempotency(tenant)
     if idempotency is None:
-        row, created = current_app.extensions["group_commit"].create(content), True
+        row, created = current_app.extensions["group_commit"].create(tenant, content), True
     else:
-        row, created = _create_idempotent(content, idempotency)
+        [row], created = _create_idempotent([content], idempotency, batch=False)
     url = location(request.root_path, row["id"])
     if not created:
-        return json_response(
-            MESSAGE, message_out(row), 200, {"Location": url, "Idempotent-Replayed": "true"}
-        )
+        replayed = {"Location": url, REPLAYED_HEADER: "true"}
+        return json_response(MESSAGE, message_out(row), 200, replayed)
     current_app.extensions["drain_requests"].request_soon()
     return json_response(MESSAGE, message_out(row), 201, {"Location": url})
 
 
-def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[dict[str, Any], bool]:
+def _create_idempotent(
+    contents: list[str], idempotency: IdempotentRequest, batch: bool
+) -> tuple[list[dict[str, Any]], bool]:
     try:
-        return lifecycle.create_message(content, idempotency)
+        return lifecycle.create_batch(contents, idempotency, idempotency.tenant, batch)
     except IdempotencyKeyReused:
         raise APIError(
             422,
@@ -95,21 +131,39 @@ def _create_idempotent(content: str, idempotency: IdempotentRequest) -> tuple[di
 @bp.post("/batch")
 @requires(Scope.SUBMIT)
 def create_messages() -> Response:
-    """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none."""
-    maximum = current_app.config["MAX_BATCH_MESSAGES"]
-    batch = json_body(request, batch_in(maximum), maximum)
-    rows = lifecycle.create_messages([message.content for message in batch.messages])
+    """Store up to ``N3HUB_MAX_BATCH_MESSAGES`` messages in one transaction: all of them or none.
+
+    A repeated ``Idempotency-Key`` with the same batch answers 200 with the first
+    request's messages and writes nothing.
+    """
+    config = current_app.config
+    maximum = config["MAX_BATCH_MESSAGES"]
+    batch = json_body(request, batch_in(maximum, config["MAX_CONTENT_CHARS"]), maximum)
+    contents = [message.content for message in batch.messages]
+    charge_more(len(contents) - 1)  # the guard charged one request; a batch costs each message
+    tenant = principal().tenant
+    idempotency = _idempotency(tenant)
+    if idempotency is None:
+        rows, created = lifecycle.create_messages(contents, tenant), True
+    else:
+        rows, created = _create_idempotent(contents, idempotency, batch=True)
+    body = {"messages": [message_out(row) for row in rows]}
+    if not created:
+        return json_response(MESSAGE_LIST, body, 200, {REPLAYED_HEADER: "true"})
     current_app.extensions["drain_requests"].request_soon()
-    return json_response(MESSAGE_LIST, {"messages": [message_out(row) for row in rows]}, 201)
+    return json_response(MESSAGE_LIST, body, 201)
 
 
 @bp.get("")
 @requires(Scope.READ)
 def list_messages() -> Response:
-    """Messages newest first, one page at a time; ``?status=`` filters."""
+    """Messages newest first, one page at a time; ``?status=`` filters, ``?tenant=`` for admin."""
     config = current_app.config
     query = parse_query(list_query(config["PAGE_SIZE"], config["MAX_PAGE_SIZE"]), request.args)
-    page = queries.list_messages(query.limit, query.cursor, query.status)
+    budget = (config["MAX_RESPONSE_BYTES"], _json_size)
+    page = queries.list_messages(
+        query.limit, query.cursor, query.status, _readable_tenant(query.tenant), budget
+    )
     cursor = str(page.next_cursor) if page.next_cursor is not None else None
     return json_response(
         MESSAGE_PAGE,
@@ -125,21 +179,23 @@ def list_messages() -> Response:
 @requires(Scope.READ)
 def get_stats() -> Response:
     """Counts by status; ``total`` is their sum."""
-    return json_response(STATS, queries.message_stats())
+    return json_response(STATS, queries.message_stats(_readable_tenant(_asked_tenant())))
 
 
 @bp.get("/<int:message_id>")
 @requires(Scope.READ)
 def get_message(message_id: int) -> Response:
     """One message with its processing facts."""
-    return json_response(MESSAGE, message_out(_existing(message_id)))
+    return json_response(
+        MESSAGE, message_out(_existing(message_id, _readable_tenant(_asked_tenant())))
+    )
 
 
 @bp.post("/<int:message_id>/retry")
 @requires(Scope.ADMIN)
 def retry_message(message_id: int) -> Response:
-    """Put a failed message back to pending; 409 for any other status."""
-    current = _existing(message_id)
+    """Put a failed message back to pending (any tenant's: admin only); 409 for other statuses."""
+    current = _existing(message_id, None)
     row = lifecycle.retry_failed(message_id)
     if row is None:
         raise APIError(

@@ -2,7 +2,7 @@
 
 Bodies, parameters and responses come from ``app/api/schemas.py`` (pydantic
 writes JSON Schema 2020-12, which OpenAPI 3.1 uses as is), with the limits this
-server runs with (batch size, page size). The document is built once per app.
+server runs with (batch size, page size, content length). The document is built once per app.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ SECURITY_SCHEME = "bearerAuth"
 ERROR_CODES = {
     400: ("invalid_json, validation_error", "The body or a parameter is not acceptable."),
     401: ("unauthorized", "The API key is missing or unknown (WWW-Authenticate: Bearer)."),
-    403: ("forbidden", "The API key lacks the scope this operation needs."),
+    403: ("forbidden", "The API key lacks the scope (or tenant) this operation needs."),
     404: ("not_found", "No such message (or route)."),
     409: ("conflict", "Only a failed message can be retried."),
-    413: ("payload_too_large", "The body is over N3HUB_MAX_BODY_BYTES."),
+    410: (
+        "idempotent_message_gone",
+        "What this Idempotency-Key created no longer exists; send a new key.",
+    ),
+    413: ("payload_too_large", "The body (chunked or not) is over N3HUB_MAX_BODY_BYTES."),
     415: ("unsupported_media_type", "Content-Type is not application/json."),
     422: ("idempotency_key_reused", "The Idempotency-Key was used with other content."),
     429: ("rate_limited", "Too many requests for this key; wait Retry-After seconds."),
@@ -70,6 +74,14 @@ MESSAGE_ID = {
     "required": True,
     "schema": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_ID},
     "example": 1,
+}
+_TENANT_SCHEMA = schemas.TenantQuery.model_json_schema()["properties"]["tenant"]
+TENANT = {
+    "name": "tenant",
+    "in": "query",
+    "required": False,
+    "description": _TENANT_SCHEMA.pop("description"),
+    "schema": _TENANT_SCHEMA,
 }
 LINKS = {
     "GetMessage": {
@@ -137,7 +149,7 @@ def _error_response(status: int, envelope: dict[str, str]) -> dict[str, Any]:
 
 def _operations(components: _Components, config: dict[str, Any]) -> dict[str, Any]:
     message = components.ref("MessageOut", schemas.MESSAGE)
-    maximum = config["MAX_BATCH_MESSAGES"]
+    maximum, max_chars = config["MAX_BATCH_MESSAGES"], config["MAX_CONTENT_CHARS"]
     query = schemas.list_query(config["PAGE_SIZE"], config["MAX_PAGE_SIZE"])
     query_schema = query.model_json_schema(ref_template=REF)
     components.schemas.update(query_schema.pop("$defs", {}))
@@ -159,7 +171,7 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
                 "requestBody": {
                     "required": True,
-                    "content": _json(components.ref("MessageIn", schemas.MessageIn)),
+                    "content": _json(components.ref("MessageIn", schemas.message_in(max_chars))),
                 },
                 "responses": {
                     "201": created,
@@ -168,7 +180,7 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                         "headers": _headers("Location", "Idempotent-Replayed"),
                         "content": _json(message),
                     },
-                    **_errors(400, 413, 415, 422, *protected),
+                    **_errors(400, 410, 413, 415, 422, *protected),
                 },
             },
             "get": {
@@ -205,11 +217,15 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 "operationId": "createMessages",
                 "summary": f"Store up to {maximum} messages in one transaction",
                 "description": "All of them or none, in order; one invalid item rejects the "
-                "batch (`details.field` names it).",
+                "batch (`details.field` names it). Each message counts against the rate limit. "
+                "The same Idempotency-Key with the same batch answers 200 with the first messages.",
                 "tags": ["messages"],
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
                 "requestBody": {
                     "required": True,
-                    "content": _json(components.ref("BatchIn", schemas.batch_in(maximum))),
+                    "content": _json(
+                        components.ref("BatchIn", schemas.batch_in(maximum, max_chars))
+                    ),
                 },
                 "responses": {
                     "201": {
@@ -223,7 +239,12 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                             }
                         },
                     },
-                    **_errors(400, 413, 415, *protected),
+                    "200": {
+                        "description": "An idempotent replay: the first request's messages.",
+                        "headers": _headers("Idempotent-Replayed"),
+                        "content": _json(components.ref("MessageList", schemas.MESSAGE_LIST)),
+                    },
+                    **_errors(400, 410, 413, 415, 422, *protected),
                 },
             }
         },
@@ -232,13 +253,14 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 "operationId": "getStats",
                 "summary": "Counts by status",
                 "tags": ["messages"],
+                "parameters": [TENANT],
                 "responses": {
                     "200": {
                         "description": "`total` is the sum of the four statuses.",
                         "headers": _headers(),
                         "content": _json(components.ref("Stats", schemas.STATS)),
                     },
-                    **_errors(*protected),
+                    **_errors(400, *protected),
                 },
             }
         },
@@ -247,14 +269,14 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 "operationId": "getMessage",
                 "summary": "One message with its processing facts",
                 "tags": ["messages"],
-                "parameters": [MESSAGE_ID],
+                "parameters": [MESSAGE_ID, TENANT],
                 "responses": {
                     "200": {
                         "description": "The message.",
                         "headers": _headers(),
                         "content": _json(message),
                     },
-                    **_errors(404, *protected),
+                    **_errors(400, 404, *protected),
                 },
             }
         },

@@ -26,7 +26,22 @@ def json_body(request: Request, model: type[Model], maximum: int | None = None) 
             "unsupported_media_type",
             "Send the body as JSON with Content-Type: application/json.",
         )
-    return parse_body(model, request.get_data(cache=False), maximum)
+    body = request.get_data(cache=False)
+    if request.content_length is None and _went_past_the_limit(request, len(body)):
+        raise APIError(
+            413, "payload_too_large", f"The body is larger than {request.max_content_length} bytes."
+        )
+    return parse_body(model, body, maximum)
+
+
+def _went_past_the_limit(request: Request, read: int) -> bool:
+    """Whether a body without ``Content-Length`` (chunked) went on past the limit.
+
+    Werkzeug stops reading such a body at ``MAX_CONTENT_LENGTH`` without a word,
+    and a body cut there could even parse as JSON.
+    """
+    limit = request.max_content_length
+    return limit is not None and read >= limit and bool(request.environ["wsgi.input"].read(1))
 
 
 def request_idempotency_key(request: Request) -> str | None:

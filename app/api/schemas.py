@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from app.api.errors import APIError, validation_error
+from app.auth.keys import TENANT_PATTERN
 from app.models import MessageStatus
 
 # Ids and cursors beyond a signed 64-bit integer cannot exist in either database.
@@ -57,27 +58,35 @@ def _decimal_digits(value: Any) -> Any:
     raise PydanticCustomError("decimal_digits", "must be written in decimal digits")
 
 
-Content = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description="Any Unicode text, stored and returned exactly; no NUL character.",
-        examples=[EXAMPLE_CONTENT],
-        json_schema_extra={"pattern": "^[^\\u0000]*$"},  # checked by _storable, not a regex
-    ),
-    AfterValidator(_storable),
-]
+def _content(max_chars: int) -> Any:
+    """A message's text: 1 to ``max_chars`` characters, storable."""
+    return Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=max_chars,
+            description="Any Unicode text, stored and returned exactly; no NUL character.",
+            examples=[EXAMPLE_CONTENT],
+            json_schema_extra={"pattern": "^[^\\u0000]*$"},  # checked by _storable, not a regex
+        ),
+        AfterValidator(_storable),
+    ]
+
+
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
 Count = Annotated[int, Field(ge=0)]
 StatusName = Literal[tuple(status.value for status in MessageStatus)]  # type: ignore[valid-type]
 
 
-class MessageIn(BaseModel):
-    """The body of ``POST /messages``, and one item of a batch."""
-
-    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{"content": "Hi"}]})
-
-    content: Content
+@lru_cache
+def message_in(max_chars: int) -> type[BaseModel]:
+    """The body of ``POST /messages``, and one item of a batch, of at most ``max_chars``."""
+    return create_model(
+        "MessageIn",
+        __config__=ConfigDict(strict=True, json_schema_extra={"examples": [{"content": "Hi"}]}),
+        __doc__="A message to store.",
+        content=(_content(max_chars), ...),
+    )
 
 
 class MessageOut(TypedDict):
@@ -168,9 +177,9 @@ IdempotencyKey = Annotated[
 
 
 @lru_cache
-def batch_in(maximum: int) -> type[BaseModel]:
-    """The body of ``POST /messages/batch``, for a server taking up to ``maximum`` messages."""
-    messages = Annotated[list[MessageIn], Field(min_length=1, max_length=maximum)]
+def batch_in(maximum: int, max_chars: int) -> type[BaseModel]:
+    """The body of ``POST /messages/batch``: up to ``maximum`` messages of ``max_chars`` each."""
+    messages = Annotated[list[message_in(max_chars)], Field(min_length=1, max_length=maximum)]
     return create_model(
         "BatchIn",
         __config__=ConfigDict(
@@ -188,12 +197,26 @@ def _query_int(maximum: int, description: str) -> Any:
     ]
 
 
+Tenant = Annotated[str, Field(pattern=f"^{TENANT_PATTERN.pattern}$")]
+
+
+class TenantQuery(BaseModel):
+    """The query of the reads other than the listing: the optional ``tenant``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tenant: Tenant | None = Field(
+        None,
+        description="Only this tenant's messages (admin keys; other keys may name only their own).",
+    )
+
+
 @lru_cache
 def list_query(default_limit: int, max_limit: int) -> type[BaseModel]:
-    """The query of ``GET /messages``: ``limit``, ``cursor`` and ``status``, all optional."""
+    """The query of ``GET /messages``: ``limit``, ``cursor``, ``status`` and ``tenant``."""
     return create_model(
         "ListQuery",
-        __config__=ConfigDict(extra="ignore"),
+        __base__=TenantQuery,
         limit=(_query_int(max_limit, "Page size."), default_limit),
         cursor=(_query_int(MAX_ID, "The previous page's next_cursor.") | None, None),
         status=(MessageStatus | None, Field(None, description="Only messages in this status.")),
@@ -224,6 +247,10 @@ def _body_error(error: ValidationError, body: Any, maximum: int | None) -> APIEr
     if kind == "model_type":
         return validation_error(f"{field} must be an object.", {"field": field})
     name = f"'{location[-1]}'"
+    if kind == "string_too_long":
+        most = problem["ctx"]["max_length"]
+        text = f"{name} is longer than {most} characters."
+        return validation_error(text, {"field": field, "max_characters": most})
     messages = {
         "missing": f"{name} is required.",
         "string_type": f"{name} must be a string.",
@@ -237,23 +264,40 @@ def parse_body(model: type[BaseModel], raw: bytes, maximum: int | None = None) -
     """A request body validated against ``model``, or the 400 APIError saying what is wrong.
 
     pydantic-core parses and validates the JSON in one pass. Its parser also
-    refuses lone surrogate escapes, which JSON's grammar allows; so a body it
-    refuses is parsed again by the standard library (as strict UTF-8), to tell
+    refuses lone surrogate escapes, which JSON's grammar allows, and reads the
+    bare words ``NaN`` and ``Infinity``, which it does not; so a body it refuses,
+    or one holding those words, is parsed by :func:`strict_json` instead, to tell
     invalid JSON from valid JSON that holds a value we cannot store.
     """
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as error:
-        if error.errors()[0]["type"] != "json_invalid":
-            raise _body_error(error, json.loads(raw), maximum) from None
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise APIError(400, "invalid_json", "The body is not valid JSON.") from None
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as error:
+            if error.errors()[0]["type"] != "json_invalid":
+                raise _body_error(error, json.loads(raw), maximum) from None
+    body = strict_json(raw)
     try:
         return model.model_validate(body)
     except ValidationError as error:
         raise _body_error(error, body, maximum) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(raw: bytes) -> Any:
+    """``raw`` parsed as JSON in UTF-8 without a byte order mark, no ``NaN``/``Infinity``; or a 400.
+
+    ``json.loads`` of bytes would guess UTF-16 or UTF-32, and would read
+    ``NaN``/``Infinity``, which are not JSON and which no other client could read back.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise APIError(
+            400, "invalid_json", "The body is not valid JSON in UTF-8 (without a BOM)."
+        ) from None
 
 
 def parse_query(model: type[BaseModel], args: Any) -> Any:
@@ -272,11 +316,14 @@ def parse_query(model: type[BaseModel], args: Any) -> Any:
                 f"Unknown status {raw!r}; use one of: {', '.join(allowed)}.",
                 {"field": "status", "allowed": allowed},
             ) from None
+        if name == "tenant":
+            text = "'tenant' must be 1 to 64 of A-Z a-z 0-9 . _ -"
+            raise validation_error(text, {"field": "tenant", "got": raw[:64]}) from None
         bounds = model.model_json_schema()["properties"][name]
         bounds = next((b for b in bounds.get("anyOf", [bounds]) if "maximum" in b), bounds)
         raise validation_error(
             f"'{name}' must be an integer from 1 to {bounds['maximum']}.",
-            {"field": name, "got": raw},
+            {"field": name, "got": raw[:32]},
         ) from None
 
 

@@ -15,14 +15,20 @@ from flask import Flask
 from app.auth import cli
 from app.auth.keys import StoredKey, find_active
 from app.auth.principals import PrincipalCache
+from app.auth.quotas import Quotas, parse_limits
 
 
 def init_app(app: Flask) -> None:
-    """Give the app its key cache and the ``flask keys`` commands."""
+    """Give the app its key cache, its rate limits and the ``flask keys`` commands."""
 
     def lookup(key_hash: str) -> StoredKey | None:
         with app.app_context():
             return find_active(key_hash)
 
     app.extensions["principals"] = PrincipalCache(lookup, app.config["KEY_CACHE_SECONDS"])
+    app.extensions["quotas"] = Quotas(
+        parse_limits(app.config["RATE_LIMIT"]),
+        app.config["RATE_LIMIT_REDIS_URL"],
+        app.config["BROKER_TIMEOUT"],
+    )
     app.cli.add_command(cli.keys)

@@ -17,14 +17,15 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from app import tallies
 from app.database import read_connection, write_transaction
 from app.lifecycle import utcnow
-from app.models import ApiKey
+from app.models import TENANT_LENGTH, ApiKey
 
 KEY_PREFIX = "n3h_"
 KEY_BYTES = 32
 SHOWN_PREFIX_LENGTH = 12
-TENANT_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+TENANT_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{TENANT_LENGTH}}}")
 MAX_NAME_LENGTH = 100
 
 
@@ -88,6 +89,7 @@ def create_key(name: str, tenant: str, scopes: frozenset[Scope]) -> tuple[str, S
         "created_at": utcnow(),
     }
     with write_transaction() as connection:
+        tallies.ensure_tenant(connection, tenant)
         key_id = connection.execute(insert(ApiKey).values(values).returning(ApiKey.id)).scalar()
     return key, StoredKey(
         id=key_id,

@@ -32,6 +32,8 @@ class Principal:
     key_id: int
     tenant: str
     scopes: frozenset[Scope]
+    # Names the key in shared counters (rate limits): unlike the id, unique across deployments.
+    key_hash: str
 
     def may(self, scope: Scope) -> bool:
         """Whether the caller's key grants ``scope``."""
@@ -80,7 +82,7 @@ class PrincipalCache:
             return cached[0]
         stored = self._lookup(digest)
         principal = (
-            Principal(key_id=stored.id, tenant=stored.tenant, scopes=stored.scopes)
+            Principal(key_id=stored.id, tenant=stored.tenant, scopes=stored.scopes, key_hash=digest)
             if stored is not None
             else None
         )

@@ -76,7 +76,7 @@ def _build_pipeline(app: Flask) -> Pipeline:
     return Pipeline(
         app,
         settings,
-        runner_for(settings.processor),
+        runner_for(settings.processor, settings.max_result_bytes),
         partial(record_outcomes, policy=settings.policy),
         process_hooks.restart_pool_process if process_hooks.in_pool_process() else None,
     )

@@ -55,7 +55,8 @@ def metrics_app(registry: CollectorRegistry, token: str) -> Callable[..., Iterab
 def serve_metrics(port: int, registry: CollectorRegistry, token: str) -> ThreadingWSGIServer:
     """Serve the worker's metrics on ``port`` from a daemon thread."""
     server = make_server(
-        "0.0.0.0",  # nosec B104: a container's port, scraped over the container network
+        # Every interface: a container's port, scraped over the container network.
+        "0.0.0.0",  # nosec B104
         port,
         metrics_app(registry, token),
         ThreadingWSGIServer,

@@ -2,8 +2,9 @@
 
 An exception raised by the processor becomes a failed outcome: permanent for
 its permanent errors, transient for any other (a ``TypeError`` included). A
-result that is not JSON fails permanently: running it again gives the same. Each
-run's duration is recorded by how it ended.
+result that is not JSON, or is larger than ``N3HUB_MAX_RESULT_BYTES`` of JSON,
+fails permanently: running it again gives the same. Each run's duration is
+recorded by how it ended.
 """
 
 from __future__ import annotations
@@ -26,21 +27,23 @@ def describe_error(error: BaseException) -> str:
     return text[:MAX_ERROR_LENGTH]
 
 
-def run_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
+def run_processor(processor: Processor, message: ClaimedMessage, max_result_bytes: int) -> Outcome:
     """Run one message through a plain processor."""
     started = time.perf_counter()
     try:
-        return _ended(message, processor(message), started)
+        return _ended(message, processor(message), started, max_result_bytes)
     except Exception as error:
         return _failed(message, error, started)
 
 
-async def run_async_processor(processor: Processor, message: ClaimedMessage) -> Outcome:
+async def run_async_processor(
+    processor: Processor, message: ClaimedMessage, max_result_bytes: int
+) -> Outcome:
     """Run one message through an ``async def`` processor."""
     started = time.perf_counter()
     run: Callable[[ClaimedMessage], Awaitable[Any]] = processor
     try:
-        return _ended(message, await run(message), started)
+        return _ended(message, await run(message), started, max_result_bytes)
     except Exception as error:
         return _failed(message, error, started)
 
@@ -51,15 +54,22 @@ def timed_out(message: ClaimedMessage, timeout: float) -> Outcome:
     return Outcome(message, error=f"TimeoutError: processing took longer than {timeout:g}s")
 
 
-def _ended(message: ClaimedMessage, result: Any, started: float) -> Outcome:
+def _ended(message: ClaimedMessage, result: Any, started: float, max_bytes: int) -> Outcome:
     try:
-        json.dumps(result)
+        size = len(json.dumps(result).encode("utf-8"))
     except (TypeError, ValueError) as error:  # another attempt would return the same
-        PROCESSING_DURATION.labels(RUN_FAILED).observe(time.perf_counter() - started)
         reason = f"the processor's result is not JSON: {describe_error(error)}"
-        return Outcome(message, error=reason[:MAX_ERROR_LENGTH], permanent=True)
+        return _refused(message, reason[:MAX_ERROR_LENGTH], started)
+    if size > max_bytes:
+        reason = f"result too large: {size} bytes of JSON, over N3HUB_MAX_RESULT_BYTES={max_bytes}"
+        return _refused(message, reason, started)
     PROCESSING_DURATION.labels(RUN_SUCCEEDED).observe(time.perf_counter() - started)
     return Outcome(message, result=result)
+
+
+def _refused(message: ClaimedMessage, reason: str, started: float) -> Outcome:
+    PROCESSING_DURATION.labels(RUN_FAILED).observe(time.perf_counter() - started)
+    return Outcome(message, error=reason, permanent=True)
 
 
 def _failed(message: ClaimedMessage, error: Exception, started: float) -> Outcome:

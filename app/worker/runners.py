@@ -39,8 +39,9 @@ class Runner(Protocol):
 class ThreadRunner:
     """Runs a plain processor, each message on a thread of its own while it runs."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, max_result_bytes: int) -> None:
         self._processor = processor
+        self._max_result_bytes = max_result_bytes
         self._work: queue.SimpleQueue[tuple[ClaimedMessage, Ended]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
@@ -61,7 +62,7 @@ class ThreadRunner:
     def _serve(self) -> None:
         while True:
             message, ended = self._work.get()
-            ended(message, run_processor(self._processor, message))
+            ended(message, run_processor(self._processor, message, self._max_result_bytes))
             with self._lock:
                 self._idle += 1
 
@@ -69,8 +70,9 @@ class ThreadRunner:
 class AsyncRunner:
     """Runs an ``async def`` processor on this process's event loop, all messages at once."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, max_result_bytes: int) -> None:
         self._processor = processor
+        self._max_result_bytes = max_result_bytes
         self._loop = asyncio.new_event_loop()
         self._tasks: dict[tuple[int, int], asyncio.Task[None]] = {}  # touched on the loop only
         threading.Thread(
@@ -93,7 +95,7 @@ class AsyncRunner:
     async def _run(self, message: ClaimedMessage, ended: Ended) -> None:
         outcome: Outcome | None = None
         try:
-            outcome = await run_async_processor(self._processor, message)
+            outcome = await run_async_processor(self._processor, message, self._max_result_bytes)
         except asyncio.CancelledError:
             pass  # abandoned: the pipeline already wrote this attempt off
         finally:
@@ -106,9 +108,12 @@ class AsyncRunner:
             task.cancel()
 
 
-def runner_for(processor: Processor) -> Runner:
-    """The runner that suits the processor: an event loop for ``async def``, else threads."""
+def runner_for(processor: Processor, max_result_bytes: int) -> Runner:
+    """The runner that suits the processor: an event loop for ``async def``, else threads.
+
+    A result larger than ``max_result_bytes`` of JSON fails its message.
+    """
     call = getattr(processor, "__call__", None)  # noqa: B004 - an object with async __call__
     if inspect.iscoroutinefunction(processor) or inspect.iscoroutinefunction(call):
-        return AsyncRunner(processor)
-    return ThreadRunner(processor)
+        return AsyncRunner(processor, max_result_bytes)
+    return ThreadRunner(processor, max_result_bytes)

@@ -34,6 +34,7 @@ class ProcessingSettings:
     concurrency: int
     timeout_seconds: float
     shutdown_grace_seconds: float
+    max_result_bytes: int
 
 
 def init_app(app: Flask) -> None:
@@ -52,6 +53,7 @@ def init_app(app: Flask) -> None:
         concurrency=app.config["PROCESS_CONCURRENCY"],
         timeout_seconds=app.config["PROCESS_TIMEOUT"],
         shutdown_grace_seconds=app.config["SHUTDOWN_GRACE"],
+        max_result_bytes=app.config["MAX_RESULT_BYTES"],
     )
 
 

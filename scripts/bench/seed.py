@@ -4,8 +4,8 @@ One ``INSERT ... SELECT`` per chunk generates the rows inside the database (a
 recursive CTE on SQLite, ``generate_series`` on PostgreSQL), which fills a
 million rows in seconds. Row ``n`` gets its status from ``n % 100``: the first
 ``completed`` percent are completed, the next ``failed`` percent failed, the
-rest pending. The status tallies move by the counts inserted, in the same
-transaction, as :mod:`app.tallies` expects.
+rest pending; all belong to the default tenant. The status tallies move by the
+counts inserted, in the same transaction, as :mod:`app.tallies` expects.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, text
 
 from app import tallies
 from app.database import write_transaction
-from app.models import Message, MessageStatus
+from app.models import DEFAULT_TENANT, Message, MessageStatus
 
 CONTENT = "'benchmark message ' || n || ': the quick brown fox jumps over the lazy dog'"
 RESULT = (
@@ -63,6 +63,7 @@ def insert_statement(dialect: str) -> str:
     at = parts["at"]
     done, finished = "n % 100 < :completed", "n % 100 < :finished"
     columns = {
+        "tenant": f"'{DEFAULT_TENANT}'",
         "content": CONTENT,
         "status": f"CASE WHEN {done} THEN 'completed' WHEN {finished} THEN 'failed' "
         "ELSE 'pending' END",
@@ -138,9 +139,9 @@ def _insert_chunk(
                 .group_by(Message.status)
             ).all()
         )
-        deltas = dict(counts)
-        deltas[tallies.PROCESSED_COMPLETED] = counts.get(MessageStatus.COMPLETED, 0)
-        deltas[tallies.PROCESSED_FAILED] = counts.get(MessageStatus.FAILED, 0)
+        deltas = {(DEFAULT_TENANT, status): number for status, number in counts.items()}
+        deltas[DEFAULT_TENANT, tallies.PROCESSED_COMPLETED] = counts.get(MessageStatus.COMPLETED, 0)
+        deltas[DEFAULT_TENANT, tallies.PROCESSED_FAILED] = counts.get(MessageStatus.FAILED, 0)
         tallies.apply(connection, deltas)
     return counts
 
@@ -155,5 +156,7 @@ def delete_messages_after(app: Flask, last_kept_id: int) -> int:
             ).all()
         )
         connection.execute(delete(Message).where(newer))
-        tallies.apply(connection, {status: -number for status, number in counts.items()})
+        tallies.apply(
+            connection, {(DEFAULT_TENANT, status): -number for status, number in counts.items()}
+        )
     return sum(counts.values())
