@@ -208,6 +208,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a SQLite writer waits for the lock", minimum=0.1),
     Setting("N3HUB_MAX_BODY_BYTES", "MAX_CONTENT_LENGTH", Kind.INTEGER, 1024 * 1024,
             "largest accepted request body, in bytes (413 above it)", minimum=1),
+    Setting("N3HUB_BODY_TIMEOUT", "BODY_TIMEOUT", Kind.SECONDS, 15.0,
+            "longest time a request body may take to arrive, whatever the Gunicorn worker "
+            "class (408 after it)", minimum=0.001),
     Setting("N3HUB_MAX_BATCH_MESSAGES", "MAX_BATCH_MESSAGES", Kind.INTEGER, 1000,
             "most messages one `POST /messages/batch` may carry", minimum=1),
     Setting("N3HUB_MAX_CONTENT_CHARS", "MAX_CONTENT_CHARS", Kind.INTEGER, 100_000,

@@ -4,7 +4,8 @@ A WSGI middleware, outermost, so nothing below it (the fast path of
 ``POST /messages`` or any Flask view) can be reached around it. For each request
 it finds the route's declared requirement (:mod:`app.auth.access`), reads the
 ``Authorization: Bearer`` key, checks its scope and charges it against the rate
-limits (:mod:`app.auth.quotas`). An accepted request carries
+limits (:mod:`app.auth.quotas`); then it has the body read within
+``N3HUB_BODY_TIMEOUT`` (:mod:`app.api.body_deadline`). An accepted request carries
 its :class:`~app.auth.principals.Principal` in the WSGI environ; a refused one
 carries the refusal and goes to Flask, whose first hook raises it, so it is
 answered by the app's error handlers (JSON envelope, request id, metrics).
@@ -23,6 +24,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from app.api.body_deadline import read_body
 from app.api.errors import APIError
 from app.auth.access import Access, Requirement, requirement_of
 from app.auth.keys import Scope
@@ -76,15 +78,26 @@ class Guard:
         self._metrics_token: str = app.config["METRICS_TOKEN"]
         self._production = app.config["ENV_NAME"] == "production"
         self._fixed_routes: dict[tuple[str, str | None], Requirement | None] = {}
+        self._max_body: int = app.config["MAX_CONTENT_LENGTH"]
+        self._body_timeout: float = app.config["BODY_TIMEOUT"]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        refusal: Exception | None = None
         try:
             principal = self._admit(environ)
-        except Exception as refusal:  # a database that fails the key lookup too
-            environ[REFUSAL_ENVIRON] = refusal
+        except Exception as error:  # a database that fails the key lookup too
+            refusal = error
         else:
             if principal is not None:
                 environ[PRINCIPAL_ENVIRON] = principal
+        # A refused request's body is read too: a slow one must not hold the connection.
+        try:
+            read_body(environ, self._max_body, self._body_timeout)
+        except APIError as late:
+            refusal = refusal or late
+            environ.pop(PRINCIPAL_ENVIRON, None)
+        if refusal is not None:
+            environ[REFUSAL_ENVIRON] = refusal
         return self._inner(environ, start_response)
 
     def _admit(self, environ: dict[str, Any]) -> Principal | None:

@@ -26,6 +26,7 @@ ERROR_CODES = {
     401: ("unauthorized", "The API key is missing or unknown (WWW-Authenticate: Bearer)."),
     403: ("forbidden", "The API key lacks the scope (or tenant) this operation needs."),
     404: ("not_found", "No such message (or route)."),
+    408: ("request_timeout", "The body did not arrive within N3HUB_BODY_TIMEOUT seconds."),
     409: ("conflict", "Only a failed message can be retried."),
     410: (
         "idempotent_message_gone",
@@ -180,7 +181,7 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                         "headers": _headers("Location", "Idempotent-Replayed"),
                         "content": _json(message),
                     },
-                    **_errors(400, 410, 413, 415, 422, *protected),
+                    **_errors(400, 408, 410, 413, 415, 422, *protected),
                 },
             },
             "get": {
@@ -244,7 +245,7 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                         "headers": _headers("Idempotent-Replayed"),
                         "content": _json(components.ref("MessageList", schemas.MESSAGE_LIST)),
                     },
-                    **_errors(400, 410, 413, 415, 422, *protected),
+                    **_errors(400, 408, 410, 413, 415, 422, *protected),
                 },
             }
         },
