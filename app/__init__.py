@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from app import api, auth, database, logs, metrics, wakeups
+from app import api, auth, console, database, logs, metrics, wakeups
 from app.celery_app import celery_init_app
 from app.config import INSTANCE_DIR, load_config
 from app.ingest import GroupCommit
@@ -15,7 +15,7 @@ from app.worker import settings as worker_settings
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the app from the environment, with ``overrides`` on top (used by tests)."""
-    # No static files: every route is the API's, and each declares who may call it.
+    # No static files: every route declares who may call it (the console inlines its styles).
     app = Flask(__name__, instance_path=str(INSTANCE_DIR), static_folder=None)
     app.config.update(load_config())
     app.config.update(overrides or {})
@@ -28,5 +28,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.extensions["group_commit"] = GroupCommit(app.config["COMMIT_GATHER_SECONDS"])
     metrics.init_app(app)
     auth.init_app(app)
+    console.init_app(app)
     api.init_app(app)
     return app

@@ -263,6 +263,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("N3HUB_SHUTDOWN_GRACE", "SHUTDOWN_GRACE", Kind.SECONDS, 10.0,
             "on a warm shutdown, seconds a pool process waits for its messages in flight "
             "before giving the rest back to `pending`"),
+    Setting("N3HUB_RETENTION_COMPLETED", "RETENTION_COMPLETED", Kind.SECONDS, 7 * 86400.0,
+            "seconds a `completed` message is kept after it ended, then deleted by the sweep; "
+            "0 keeps it forever", minimum=0, shown_default="604800 (7 days)"),
+    Setting("N3HUB_RETENTION_FAILED", "RETENTION_FAILED", Kind.SECONDS, 30 * 86400.0,
+            "seconds a `failed` message is kept after it ended, then deleted by the sweep; "
+            "0 keeps it forever", minimum=0, shown_default="2592000 (30 days)"),
     Setting("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR", Kind.TEXT, "",
             "shared directory for multi-process metrics; set it before the processes start, "
             "wipe it before each start",
@@ -270,6 +276,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("N3HUB_WORKER_METRICS_PORT", "WORKER_METRICS_PORT", Kind.INTEGER, 0,
             "a worker serves its own metrics on this port (0: none; for workers in their own "
             "containers)", minimum=0, maximum=65535),
+    Setting("N3HUB_CONSOLE_SECRET", "CONSOLE_SECRET", Kind.TEXT, "",
+            "signs the web console's session cookies; unset, a random one is kept in "
+            "`instance/console-secret` (enough for one host; set it when several hosts serve "
+            "the console)", shown_default="unset"),
     Setting("N3HUB_METRICS_TOKEN", "METRICS_TOKEN", Kind.TEXT, "",
             "when set, `/metrics` and the worker's metrics port answer only "
             "`Authorization: Bearer <this token>`; unset, `/metrics` is open in development "

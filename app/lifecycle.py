@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +36,7 @@ RUN_ALONE_AFTER_WORKER_LOSSES = 1
 PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED
+CANCELLED = MessageStatus.CANCELLED
 
 
 def utcnow() -> datetime:
@@ -135,7 +136,10 @@ class IdempotentRequest:
 
 
 def create_message(
-    content: str, idempotency: IdempotentRequest | None = None, tenant: str = DEFAULT_TENANT
+    content: str,
+    idempotency: IdempotentRequest | None = None,
+    tenant: str = DEFAULT_TENANT,
+    deliver_at: datetime | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a new pending message; return its row and whether it was created just now.
 
@@ -145,7 +149,7 @@ def create_message(
     message was deleted since. Two racing first uses of one key collide on
     the key's primary key; the loser retries and finds the winner's message.
     """
-    rows, created = create_batch([content], idempotency, tenant, batch=False)
+    rows, created = create_batch([content], idempotency, tenant, False, [deliver_at])
     return rows[0], created
 
 
@@ -154,11 +158,15 @@ def create_batch(
     idempotency: IdempotentRequest | None,
     tenant: str = DEFAULT_TENANT,
     batch: bool = True,
+    deliver_at: Sequence[datetime | None] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Store pending messages in one transaction, honouring an idempotency key; rows, created."""
+    """Store pending messages in one transaction, honouring an idempotency key; rows, created.
+
+    ``deliver_at``, one per content when given, holds a message back until then.
+    """
     for attempt in range(2):
         try:
-            return _create(contents, idempotency, tenant, batch)
+            return _create(contents, idempotency, tenant, batch, deliver_at)
         except IntegrityError:
             if idempotency is None or attempt:
                 raise
@@ -166,7 +174,11 @@ def create_batch(
 
 
 def _create(
-    contents: list[str], idempotency: IdempotentRequest | None, tenant: str, batch: bool
+    contents: list[str],
+    idempotency: IdempotentRequest | None,
+    tenant: str,
+    batch: bool,
+    deliver_at: Sequence[datetime | None] | None,
 ) -> tuple[list[dict[str, Any]], bool]:
     now = utcnow()
     with write_transaction() as connection:
@@ -180,6 +192,7 @@ def _create(
             connection.dialect,
             [(tenant, content) for content in contents],
             now,
+            deliver_at,
         )
         if idempotency is not None:
             connection.execute(
@@ -195,15 +208,24 @@ def _create(
     return rows, True
 
 
-def create_messages(contents: list[str], tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+def create_messages(
+    contents: list[str],
+    tenant: str = DEFAULT_TENANT,
+    deliver_at: Sequence[datetime | None] | None = None,
+) -> list[dict[str, Any]]:
     """Store several new pending messages of one tenant in one transaction; rows in order."""
-    return create_pending([(tenant, content) for content in contents])
+    return create_pending([(tenant, content) for content in contents], deliver_at)
 
 
-def create_pending(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Store (tenant, content) messages in one transaction; rows in the given order."""
+def create_pending(
+    items: list[tuple[str, str]], deliver_at: Sequence[datetime | None] | None = None
+) -> list[dict[str, Any]]:
+    """Store (tenant, content) messages in one transaction; rows in the given order.
+
+    ``deliver_at``, one per item when given, holds a message back until then.
+    """
     with driver_write_transaction() as (driver_connection, dialect):
-        return pending_rows.insert(driver_connection, dialect, items, utcnow())
+        return pending_rows.insert(driver_connection, dialect, items, utcnow(), deliver_at)
 
 
 def _replay(
@@ -536,23 +558,99 @@ def pending_work_due(now: datetime | None = None) -> bool:
         )
 
 
+def next_due_at(now: datetime | None = None) -> datetime | None:
+    """When the next pending message held back (scheduled, or backing off) becomes due."""
+    now = now or utcnow()
+    with read_connection() as connection:
+        return connection.execute(
+            select(Message.available_at)
+            .where(Message.status == PENDING, Message.available_at > now)
+            .order_by(Message.available_at)
+            .limit(1)
+        ).scalar()
+
+
+# What a retry resets: a fresh set of attempts, no worker losses, and no end of processing yet.
+_RETRY_VALUES: dict[str, Any] = {"attempts": 0, "worker_losses": 0, "completed_at": None}
+
+
+def cancel_pending(message_id: int) -> dict[str, Any] | None:
+    """Cancel a ``pending`` message (scheduled or not) so it is never processed; else None."""
+    return _move(message_id, PENDING, CANCELLED, utcnow())
+
+
 def retry_failed(message_id: int) -> dict[str, Any] | None:
     """Put a ``failed`` message back to ``pending`` with fresh attempts; None if not failed."""
     now = utcnow()
+    return _move(message_id, FAILED, PENDING, now, available_at=now, **_RETRY_VALUES)
+
+
+# Rows per transaction of a bulk redrive: each one holds the write lock only briefly.
+REDRIVE_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class FailedFilter:
+    """Which failed messages a bulk redrive takes: failed in ``[since, until)``, oldest first."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matching(self, after_id: int) -> Select[tuple[int, str]]:
+        """Ids and tenants of matching failed messages above ``after_id``, in id order."""
+        query = select(Message.id, Message.tenant).where(
+            Message.status == FAILED, Message.id > after_id
+        )
+        if self.since is not None:
+            query = query.where(Message.completed_at >= self.since)
+        if self.until is not None:
+            query = query.where(Message.completed_at < self.until)
+        return query.order_by(Message.id)
+
+
+def redrive_failed(failed: FailedFilter, limit: int) -> tuple[int, bool]:
+    """Put up to ``limit`` matching failed messages back to pending, a chunk per transaction.
+
+    Returns how many moved and whether matching messages remain.
+    """
+    moved, after_id = 0, 0
+    while moved < limit:
+        now = utcnow()
+        with write_transaction() as connection:
+            locked = connection.execute(
+                failed.matching(after_id)
+                .limit(min(REDRIVE_CHUNK, limit - moved))
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not locked:
+                return moved, False
+            ids = [message_id for message_id, _ in locked]
+            connection.execute(
+                update(Message)
+                .where(Message.id.in_(ids))
+                .values(status=PENDING, updated_at=now, available_at=now, **_RETRY_VALUES)
+            )
+            tallies.apply(
+                connection,
+                tallies.transition_deltas((tenant, FAILED, PENDING) for _, tenant in locked),
+            )
+        moved, after_id = moved + len(locked), ids[-1]
+    with read_connection() as connection:
+        remains = connection.execute(failed.matching(after_id).limit(1)).first() is not None
+    return moved, remains
+
+
+def _move(
+    message_id: int, old: MessageStatus, new: MessageStatus, now: datetime, **values: Any
+) -> dict[str, Any] | None:
+    """Move one message from ``old`` to ``new`` with its tallies; None if it was not ``old``."""
     with write_transaction() as connection:
         row = connection.execute(
             update(Message)
-            .where(Message.id == message_id, Message.status == FAILED)
-            .values(
-                status=PENDING,
-                attempts=0,
-                available_at=now,
-                updated_at=now,
-                completed_at=None,
-                worker_losses=0,
-            )
+            .where(Message.id == message_id, Message.status == old)
+            .values(status=new, updated_at=now, **values)
             .returning(*Message.__table__.columns)
         ).one_or_none()
         if row is not None:
-            tallies.apply(connection, tallies.transition_deltas([(row.tenant, FAILED, PENDING)]))
+            tallies.apply(connection, tallies.transition_deltas([(row.tenant, old, new)]))
     return row._asdict() if row is not None else None

@@ -139,6 +139,14 @@ class MessageTalliesCollector:
         for status, name in tallies.PROCESSED_BY_STATUS.items():
             processed.add_metric([status.value], counts.get(name, 0))
         yield processed
+        deleted = CounterMetricFamily(
+            "n3hub_messages_deleted",
+            "Finished messages deleted by retention, by the status they had.",
+            labels=["status"],
+        )
+        for status, name in tallies.DELETED_BY_STATUS.items():
+            deleted.add_metric([status.value], counts.get(name, 0))
+        yield deleted
         by_status = GaugeMetricFamily(
             "n3hub_messages", "Messages currently in each status.", labels=["status"]
         )

@@ -37,6 +37,7 @@ class MessageStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by an operator while pending; never processed
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -71,8 +72,11 @@ class Message(db.Model):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    # Earliest time a pending message may be claimed: creation, or the end of a retry backoff.
+    # Earliest time a pending message may be claimed: creation, its delivery time, or the
+    # end of a retry backoff.
     available_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # When the client asked for the message to be delivered (scheduled delivery), or None.
+    deliver_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # While processing: when the claim lapses and the recovery sweep may take the message back.
@@ -100,15 +104,17 @@ class Message(db.Model):
         Index("ix_messages_status_id", "status", "id"),
         # Serves the claims: first attempts in id order, and the few retries on their own.
         Index("ix_messages_status_attempts_id", "status", "attempts", "id"),
+        # Serves the sweep's look-ahead: when the next scheduled or backed-off message is due.
+        Index("ix_messages_status_available_at", "status", "available_at"),
     )
 
 
 class Tally(db.Model):
     """A running count of one tenant, split into shards so concurrent writers rarely share a row.
 
-    Status counts move with every transition; ``processed_*``, ``retries`` and
-    ``recoveries`` only grow and back the Prometheus counters. A tenant's rows
-    are made with its first API key (:func:`app.tallies.ensure_tenant`).
+    Status counts move with every transition; ``processed_*``, ``deleted_*``,
+    ``retries`` and ``recoveries`` only grow and back the Prometheus counters. A
+    tenant's rows are made with its first API key (:func:`app.tallies.ensure_tenant`).
     """
 
     __tablename__ = "message_tallies"

@@ -2,7 +2,8 @@
 
 ``POST /messages`` is the request the service answers most, and its
 transaction is always the same two statements: insert the messages, add their
-number to the pending tally (one update per tenant among them). Through
+number to the pending tally (one update per tenant among them). A scheduled
+message (``deliver_at``) is the same insert, only available later. Through
 SQLAlchemy Core each statement costs more CPU in execution-context and result
 machinery than SQLite spends running it (BENCHMARKS.md, "Ingest transaction on
 the DB-API connection"), so these two
@@ -17,7 +18,7 @@ SQLAlchemy.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,8 +41,8 @@ class _Statements:
         # Table names are the models' own and every value is a bound parameter: no injection.
         self.insert = (
             f"INSERT INTO {table}"  # nosec B608
-            " (tenant, content, status, attempts, created_at, updated_at, available_at)"
-            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}) RETURNING id"
+            " (tenant, content, status, attempts, created_at, updated_at, available_at, deliver_at)"
+            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}, {mark}) RETURNING id"
         )
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark}"  # nosec B608
@@ -64,16 +65,29 @@ def _for(dialect: Dialect) -> _Statements:
 
 
 def insert(
-    driver_connection: Any, dialect: Dialect, items: list[tuple[str, str]], now: datetime
+    driver_connection: Any,
+    dialect: Dialect,
+    items: list[tuple[str, str]],
+    now: datetime,
+    deliver_at: Sequence[datetime | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Insert pending (tenant, content) messages in the transaction; their rows, in order."""
+    """Insert pending (tenant, content) messages in the transaction; their rows, in order.
+
+    ``deliver_at``, one per item when given, holds back a message until then.
+    """
     statements = _for(dialect)
     stored_now = statements.timestamp(now)
+    deliveries = deliver_at if deliver_at is not None else [None] * len(items)
     cursor = driver_connection.cursor()
     try:
         ids = []
-        for tenant, content in items:
-            cursor.execute(statements.insert, (tenant, content, stored_now, stored_now, stored_now))
+        for (tenant, content), delivery in zip(items, deliveries, strict=True):
+            if delivery is None:
+                timing = (stored_now, stored_now, stored_now, None)
+            else:
+                available = statements.timestamp(max(now, delivery))
+                timing = (stored_now, stored_now, available, statements.timestamp(delivery))
+            cursor.execute(statements.insert, (tenant, content, *timing))
             ids.append(cursor.fetchone()[0])
         shard = tallies.random_shard()
         for tenant, count in sorted(Counter(tenant for tenant, _ in items).items()):
@@ -81,12 +95,14 @@ def insert(
     finally:
         cursor.close()
     return [
-        _new_row(message_id, tenant, content, now)
-        for message_id, (tenant, content) in zip(ids, items, strict=True)
+        _new_row(message_id, tenant, content, now, delivery)
+        for message_id, (tenant, content), delivery in zip(ids, items, deliveries, strict=True)
     ]
 
 
-def _new_row(message_id: int, tenant: str, content: str, now: datetime) -> dict[str, Any]:
+def _new_row(
+    message_id: int, tenant: str, content: str, now: datetime, deliver_at: datetime | None
+) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
     row.update(
         id=message_id,
@@ -96,6 +112,7 @@ def _new_row(message_id: int, tenant: str, content: str, now: datetime) -> dict[
         attempts=0,
         created_at=now,
         updated_at=now,
-        available_at=now,
+        available_at=now if deliver_at is None else max(now, deliver_at),
+        deliver_at=deliver_at,
     )
     return row

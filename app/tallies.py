@@ -31,7 +31,19 @@ PROCESSED_BY_STATUS = {
     MessageStatus.COMPLETED: PROCESSED_COMPLETED,
     MessageStatus.FAILED: PROCESSED_FAILED,
 }
-NAMES = (*MessageStatus, PROCESSED_COMPLETED, PROCESSED_FAILED, RETRIES, RECOVERIES)
+# Messages removed by retention (app.retention), by the status they had.
+DELETED_BY_STATUS = {
+    MessageStatus.COMPLETED: "deleted_completed",
+    MessageStatus.FAILED: "deleted_failed",
+}
+NAMES = (
+    *MessageStatus,
+    PROCESSED_COMPLETED,
+    PROCESSED_FAILED,
+    RETRIES,
+    RECOVERIES,
+    *DELETED_BY_STATUS.values(),
+)
 
 # (tenant, tally name) -> change
 Deltas = Counter[tuple[str, str]]

@@ -21,7 +21,7 @@ from app.models import Message
 from tests.conftest import keyed_client, stack_environment
 from tests.support.metrics import metric_value
 
-STATUSES = ["pending", "processing", "completed", "failed"]
+STATUSES = ["pending", "processing", "completed", "failed", "cancelled"]
 
 
 def total_messages(client: FlaskClient) -> int:

@@ -6,6 +6,7 @@ import json
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
@@ -67,6 +68,16 @@ def test_the_guard_is_the_outermost_layer_and_every_view_declares_its_access(app
     assert undeclared == []
 
 
+def assert_console_refuses_a_stranger(method: str, path: str, response: Any) -> None:
+    """The console has its own login (tests/test_console.py): only its login page shows."""
+    if method == "POST":
+        assert response.status_code == 400, path  # no session, so no CSRF token
+    elif path == "/console/login":
+        assert response.status_code == 200
+    else:
+        assert (response.status_code, response.headers["Location"]) == (302, "/console/login")
+
+
 def test_every_route_but_the_probes_refuses_a_caller_without_a_key(app: Flask, client) -> None:
     anonymous = app.test_client()
     checked = 0
@@ -77,6 +88,8 @@ def test_every_route_but_the_probes_refuses_a_caller_without_a_key(app: Flask, c
                 assert response.status_code in (200, 503), path
             elif path == "/metrics":
                 assert response.status_code == 200  # development, no N3HUB_METRICS_TOKEN
+            elif path.startswith("/console/"):
+                assert_console_refuses_a_stranger(method, path, response)
             else:
                 assert_unauthorized(response, invalid=False)
                 checked += 1

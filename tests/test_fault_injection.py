@@ -143,7 +143,14 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     assert stack.stats()["processing"] > 0, "the kill should strand claimed messages"
     stack.start_worker(hostname="w2")
     stats = stack.wait_all_completed(count)
-    assert stats == {"total": count, "pending": 0, "processing": 0, "completed": count, "failed": 0}
+    assert stats == {
+        "total": count,
+        "pending": 0,
+        "processing": 0,
+        "completed": count,
+        "failed": 0,
+        "cancelled": 0,
+    }
     assert stack.processed_completed() == count
     metrics = stack.client.get("/metrics").get_data(as_text=True)
     recoveries = next(

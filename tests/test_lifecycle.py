@@ -14,7 +14,7 @@ from sqlalchemy import String, bindparam, cast, insert, select, update
 from app import ingest, lifecycle, pending_rows, queries
 from app.database import driver_write_transaction, read_connection, write_transaction
 from app.lifecycle import Outcome, RetryPolicy
-from app.models import DEFAULT_TENANT, Message
+from app.models import DEFAULT_TENANT, Message, MessageStatus
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.usefixtures("isolated_app")
@@ -45,7 +45,7 @@ def stats_add_up() -> dict:
     stats = queries.message_stats()
     with read_connection() as connection:
         rows = connection.execute(select(Message.status)).scalars().all()
-    for status in ("pending", "processing", "completed", "failed"):
+    for status in MessageStatus:
         assert stats[status] == rows.count(status), (status, stats)
     return stats
 
@@ -205,6 +205,7 @@ def test_outcomes_move_tallies_and_processed_counters() -> None:
         "processing": 0,
         "completed": 1,
         "failed": 1,
+        "cancelled": 0,
     }
 
 

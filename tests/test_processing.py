@@ -92,7 +92,14 @@ def test_retry_endpoint_reprocesses_a_failed_message(client: FlaskClient) -> Non
     assert body["status"] == "failed"
     assert body["attempts"] == 1
     stats = client.get("/messages/stats").get_json()
-    assert stats == {"total": 1, "pending": 0, "processing": 0, "completed": 0, "failed": 1}
+    assert stats == {
+        "total": 1,
+        "pending": 0,
+        "processing": 0,
+        "completed": 0,
+        "failed": 1,
+        "cancelled": 0,
+    }
 
 
 def test_one_bad_message_does_not_fail_its_batch(client: FlaskClient) -> None:
@@ -119,7 +126,14 @@ def test_concurrent_burst_completes_and_stats_add_up(client: FlaskClient, app) -
         return stats if stats["completed"] == count else None
 
     stats = wait_for(all_completed, timeout=60, what="the burst to complete")
-    assert stats == {"total": count, "pending": 0, "processing": 0, "completed": count, "failed": 0}
+    assert stats == {
+        "total": count,
+        "pending": 0,
+        "processing": 0,
+        "completed": count,
+        "failed": 0,
+        "cancelled": 0,
+    }
     completed = 0
     cursor = None
     while True:

@@ -96,4 +96,11 @@ def test_messages_complete_and_retry_over_rabbitmq(rabbit_app: Flask) -> None:
     assert "planned transient failure on attempt 2" in flaky["last_error"]
     assert (broken["status"], broken["attempts"]) == ("failed", 1)
     stats = client.get("/messages/stats").get_json()
-    assert stats == {"total": 32, "pending": 0, "processing": 0, "completed": 31, "failed": 1}
+    assert stats == {
+        "total": 32,
+        "pending": 0,
+        "processing": 0,
+        "completed": 31,
+        "failed": 1,
+        "cancelled": 0,
+    }

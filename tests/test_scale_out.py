@@ -121,7 +121,14 @@ def test_three_workers_complete_a_burst_exactly_once_and_share_it(cluster: Clust
         return stats if stats["completed"] + stats["failed"] == count else None
 
     stats = wait_for(settled, timeout=60, interval=0.2, what="the burst to complete")
-    assert stats == {"total": count, "pending": 0, "processing": 0, "completed": count, "failed": 0}
+    assert stats == {
+        "total": count,
+        "pending": 0,
+        "processing": 0,
+        "completed": count,
+        "failed": 0,
+        "cancelled": 0,
+    }
     assert database_scalar(cluster.app, "SELECT count(*) FROM messages WHERE attempts <> 1") == 0
     assert database_scalar(cluster.app, "SELECT count(*) FROM messages WHERE result IS NULL") == 0
     with cluster.app.app_context(), read_connection() as connection:

@@ -81,6 +81,7 @@ def test_another_tenants_messages_are_not_found(tenants: Tenants) -> None:
         "processing": 0,
         "completed": 0,
         "failed": 0,
+        "cancelled": 0,
     }
 
 

@@ -1,10 +1,10 @@
-"""The HTTP API: messages, probes, OpenAPI and docs, the JSON error envelope and the guard."""
+"""The HTTP API: messages, operator actions, probes, OpenAPI and docs, errors, the guard."""
 
 from flask import Flask
 from werkzeug.routing import IntegerConverter
 
 from app import logs
-from app.api import docs, errors, fast_ingest, guard, health, messages, openapi
+from app.api import docs, errors, fast_ingest, guard, health, messages, openapi, operations
 
 
 class BoundedIntegerConverter(IntegerConverter):
@@ -18,6 +18,7 @@ def init_app(app: Flask) -> None:
     app.url_map.converters["int"] = BoundedIntegerConverter
     errors.init_app(app)
     app.register_blueprint(messages.bp)
+    app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
     openapi.init_app(app)
     docs.init_app(app)

@@ -7,16 +7,16 @@ as the durable write itself: 0.2 ms of 0.63 per request on a 2-core machine
 WSGI middleware answers the plain form of the request itself: ``Content-Type:
 application/json`` exactly, a ``Content-Length`` within the body limit, no
 ``Idempotency-Key``, below an ASCII mount point, and a body that passes the
-endpoint's validation. It uses the endpoint's own parts (validation, group
-commit, drain request, response shape and metrics rules), so the answer is the
-one Flask would give; the request id comes from the middleware around both
-(``app.logs.RequestIds``).
+endpoint's validation and asks for no scheduled delivery. It uses the
+endpoint's own parts (validation, group commit, drain request, response shape
+and metrics rules), so the answer is the one Flask would give; the request id
+comes from the middleware around both (``app.logs.RequestIds``).
 
 Everything else goes to Flask untouched, the body replayed when it was read:
-every validation error, idempotent request and less common form of the request
-is answered by the Flask view and its error handlers, as before. A failure to
-store the message is answered by the app's error handlers too, in a request
-context opened for it.
+every validation error, idempotent or scheduled request and less common form
+of the request is answered by the Flask view and its error handlers, as before.
+A failure to store the message is answered by the app's error handlers too, in
+a request context opened for it.
 
 Every request hook of the app holds for the fast path too (:data:`APPLIED_HOOKS`);
 the tests fail when the app gains one it does not apply. ``N3HUB_FAST_PATH=0``
@@ -88,14 +88,16 @@ class FastIngest:
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)
         try:
-            content = parse_body(self._message_in, body).content
+            message = parse_body(self._message_in, body)
         except APIError:
+            message = None
+        if message is None or message.scheduled:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)
         with self._app.app_context():
             try:
                 tenant = environ[PRINCIPAL_ENVIRON].tenant
-                row = self._app.extensions["group_commit"].create(tenant, content)
+                row = self._app.extensions["group_commit"].create(tenant, message.content)
             except Exception as error:
                 return self._error_answer(environ, error, started)(environ, start_response)
             self._app.extensions["drain_requests"].request_soon()
@@ -138,17 +140,23 @@ class FastIngest:
 
 
 def request_hooks(app: Flask) -> set[str]:
-    """The qualified names of every request hook of the app and its blueprints."""
+    """The qualified names of every request hook that applies to ``POST /messages``.
+
+    The app's own hooks and those of the endpoint's blueprint; another
+    blueprint's hooks (the console's) never run for this route.
+    """
     registries = (
         app.before_request_funcs,
         app.after_request_funcs,
         app.teardown_request_funcs,
         app.url_value_preprocessors,
     )
+    scopes = (None, CREATE_ENDPOINT.rpartition(".")[0])
     return {
         f"{hook.__module__}.{hook.__qualname__}"
         for registry in registries
-        for hooks in registry.values()
+        for scope, hooks in registry.items()
+        if scope in scopes
         for hook in hooks
     }
 

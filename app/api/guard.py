@@ -10,6 +10,7 @@ its :class:`~app.auth.principals.Principal` in the WSGI environ; a refused one
 carries the refusal and goes to Flask, whose first hook raises it, so it is
 answered by the app's error handlers (JSON envelope, request id, metrics).
 
+Console pages pass: they demand their own login session (:mod:`app.console`).
 Routes that match nothing still need a valid key: an anonymous caller learns
 nothing, not even which paths exist. ``/metrics`` takes ``N3HUB_METRICS_TOKEN``
 when one is set; without one it is open in development and needs an ``admin``
@@ -103,8 +104,8 @@ class Guard:
     def _admit(self, environ: dict[str, Any]) -> Principal | None:
         """The caller, None for an open route; raises the refusal."""
         requirement = self._requirement(environ)
-        if requirement == Access.PUBLIC:
-            return None
+        if requirement in (Access.PUBLIC, Access.CONSOLE):
+            return None  # the console checks its own session cookie
         if requirement == Access.METRICS:
             return self._admit_scraper(environ)
         principal = self._authenticate(environ)

@@ -17,11 +17,12 @@ from app.api.schemas import (
     MESSAGE_LIST,
     MESSAGE_PAGE,
     STATS,
+    MessageIn,
     TenantQuery,
     batch_in,
-    json_bytes,
     list_query,
     message_in,
+    message_json_size,
     message_out,
     parse_query,
 )
@@ -43,17 +44,12 @@ def location(root_path: str, message_id: int) -> str:
     return f"{root_path}{bp.url_prefix}/{message_id}"
 
 
-def _existing(message_id: int, tenant: str | None) -> dict[str, Any]:
+def existing(message_id: int, tenant: str | None = None) -> dict[str, Any]:
     """The message, if it exists and (with ``tenant``) is that tenant's; else a 404."""
     row = queries.get_message(message_id, tenant) if message_id <= MAX_ID else None
     if row is None:
         raise APIError(404, "not_found", f"Message {message_id} does not exist.")
     return row
-
-
-def _json_size(row: dict[str, Any]) -> int:
-    """How many bytes a row takes in a response (its content and result dominate)."""
-    return len(json_bytes(MESSAGE, message_out(row)))
 
 
 def _readable_tenant(asked: str | None) -> str | None:
@@ -83,21 +79,34 @@ def _idempotency(tenant: str) -> IdempotentRequest | None:
     return IdempotentRequest(key, current_app.config["IDEMPOTENCY_TTL"], tenant)
 
 
+def wrong_status(current: dict[str, Any], action: str, required: MessageStatus) -> APIError:
+    """A 409 for an action that only a message in ``required`` status allows."""
+    return APIError(
+        409,
+        "conflict",
+        f"Only {required} messages can be {action}; message {current['id']} is "
+        f"{current['status']}.",
+        {"status": current["status"], "required_status": required.value},
+    )
+
+
 @bp.post("")
 @requires(Scope.SUBMIT)
 def create_message() -> Response:
     """Store a message; it is committed before this answers, then queued for processing.
 
-    A repeated ``Idempotency-Key`` with the same content answers 200 with the
-    first request's message and writes nothing.
+    ``deliver_at`` or ``delay_seconds`` holds it back until then. A repeated
+    ``Idempotency-Key`` with the same content answers 200 with the first
+    request's message and writes nothing.
     """
-    content = json_body(request, message_in(current_app.config["MAX_CONTENT_CHARS"])).content
+    message = json_body(request, message_in(current_app.config["MAX_CONTENT_CHARS"]))
+    deliver_at = message.delivery_time()
     tenant = principal().tenant
     idempotency = _idempotency(tenant)
-    if idempotency is None:
-        row, created = current_app.extensions["group_commit"].create(tenant, content), True
+    if idempotency is None and deliver_at is None:
+        row, created = current_app.extensions["group_commit"].create(tenant, message.content), True
     else:
-        [row], created = _create_idempotent([content], idempotency, batch=False)
+        [row], created = _create([message], tenant, idempotency, batch=False)
     url = location(request.root_path, row["id"])
     if not created:
         replayed = {"Location": url, REPLAYED_HEADER: "true"}
@@ -106,11 +115,18 @@ def create_message() -> Response:
     return json_response(MESSAGE, message_out(row), 201, {"Location": url})
 
 
-def _create_idempotent(
-    contents: list[str], idempotency: IdempotentRequest, batch: bool
+def _create(
+    messages: list[MessageIn],
+    tenant: str,
+    idempotency: IdempotentRequest | None,
+    batch: bool,
 ) -> tuple[list[dict[str, Any]], bool]:
+    contents = [message.content for message in messages]
+    deliveries = [message.delivery_time() for message in messages]
+    if idempotency is None:
+        return lifecycle.create_messages(contents, tenant, deliveries), True
     try:
-        return lifecycle.create_batch(contents, idempotency, idempotency.tenant, batch)
+        return lifecycle.create_batch(contents, idempotency, tenant, batch, deliveries)
     except IdempotencyKeyReused:
         raise APIError(
             422,
@@ -139,14 +155,9 @@ def create_messages() -> Response:
     config = current_app.config
     maximum = config["MAX_BATCH_MESSAGES"]
     batch = json_body(request, batch_in(maximum, config["MAX_CONTENT_CHARS"]), maximum)
-    contents = [message.content for message in batch.messages]
-    charge_more(len(contents) - 1)  # the guard charged one request; a batch costs each message
+    charge_more(len(batch.messages) - 1)  # the guard charged one; a batch costs each message
     tenant = principal().tenant
-    idempotency = _idempotency(tenant)
-    if idempotency is None:
-        rows, created = lifecycle.create_messages(contents, tenant), True
-    else:
-        rows, created = _create_idempotent(contents, idempotency, batch=True)
+    rows, created = _create(batch.messages, tenant, _idempotency(tenant), batch=True)
     body = {"messages": [message_out(row) for row in rows]}
     if not created:
         return json_response(MESSAGE_LIST, body, 200, {REPLAYED_HEADER: "true"})
@@ -160,7 +171,7 @@ def list_messages() -> Response:
     """Messages newest first, one page at a time; ``?status=`` filters, ``?tenant=`` for admin."""
     config = current_app.config
     query = parse_query(list_query(config["PAGE_SIZE"], config["MAX_PAGE_SIZE"]), request.args)
-    budget = (config["MAX_RESPONSE_BYTES"], _json_size)
+    budget = (config["MAX_RESPONSE_BYTES"], message_json_size)
     page = queries.list_messages(
         query.limit, query.cursor, query.status, _readable_tenant(query.tenant), budget
     )
@@ -187,7 +198,7 @@ def get_stats() -> Response:
 def get_message(message_id: int) -> Response:
     """One message with its processing facts."""
     return json_response(
-        MESSAGE, message_out(_existing(message_id, _readable_tenant(_asked_tenant())))
+        MESSAGE, message_out(existing(message_id, _readable_tenant(_asked_tenant())))
     )
 
 
@@ -195,14 +206,9 @@ def get_message(message_id: int) -> Response:
 @requires(Scope.ADMIN)
 def retry_message(message_id: int) -> Response:
     """Put a failed message back to pending (any tenant's: admin only); 409 for other statuses."""
-    current = _existing(message_id, None)
+    current = existing(message_id)
     row = lifecycle.retry_failed(message_id)
     if row is None:
-        raise APIError(
-            409,
-            "conflict",
-            f"Only failed messages can be retried; message {message_id} is {current['status']}.",
-            {"status": current["status"], "retryable_status": MessageStatus.FAILED.value},
-        )
+        raise wrong_status(current, "retried", MessageStatus.FAILED)
     current_app.extensions["drain_requests"].request_soon()
     return json_response(MESSAGE, message_out(row), 202)

@@ -27,7 +27,7 @@ ERROR_CODES = {
     403: ("forbidden", "The API key lacks the scope (or tenant) this operation needs."),
     404: ("not_found", "No such message (or route)."),
     408: ("request_timeout", "The body did not arrive within N3HUB_BODY_TIMEOUT seconds."),
-    409: ("conflict", "Only a failed message can be retried."),
+    409: ("conflict", "The message's status does not allow this (retry: failed; cancel: pending)."),
     410: (
         "idempotent_message_gone",
         "What this Idempotency-Key created no longer exists; send a new key.",
@@ -257,7 +257,7 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 "parameters": [TENANT],
                 "responses": {
                     "200": {
-                        "description": "`total` is the sum of the four statuses.",
+                        "description": "`total` is the sum of the five statuses.",
                         "headers": _headers(),
                         "content": _json(components.ref("Stats", schemas.STATS)),
                     },
@@ -295,6 +295,46 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                         "content": _json(message),
                     },
                     **_errors(404, 409, *protected),
+                },
+            }
+        },
+        "/messages/{message_id}/cancel": {
+            "post": {
+                "operationId": "cancelMessage",
+                "summary": "Cancel a pending (or scheduled) message",
+                "description": "It becomes `cancelled` and is never processed; 409 for any "
+                "other status. Needs the `admin` scope.",
+                "tags": ["messages"],
+                "parameters": [MESSAGE_ID],
+                "responses": {
+                    "200": {
+                        "description": "Cancelled.",
+                        "headers": _headers(),
+                        "content": _json(message),
+                    },
+                    **_errors(404, 409, *protected),
+                },
+            }
+        },
+        "/messages/retry": {
+            "post": {
+                "operationId": "retryMessages",
+                "summary": "Send failed messages back to pending in bulk",
+                "description": "Failed messages whose failure lies in `[since, until)`, oldest "
+                "first, up to `limit`, in transactions of a few hundred rows; `more` says "
+                "whether matching ones remain. Needs the `admin` scope.",
+                "tags": ["messages"],
+                "requestBody": {
+                    "required": True,
+                    "content": _json(components.ref("RedriveIn", schemas.RedriveIn)),
+                },
+                "responses": {
+                    "200": {
+                        "description": "How many went back to pending.",
+                        "headers": _headers(),
+                        "content": _json(components.ref("RedriveOut", schemas.REDRIVE)),
+                    },
+                    **_errors(400, 408, 413, 415, *protected),
                 },
             }
         },

@@ -9,7 +9,8 @@ JSON error envelope here, so every caller answers it the same way.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -23,12 +24,14 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     create_model,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from app.api.errors import APIError, validation_error
 from app.auth.keys import TENANT_PATTERN
+from app.lifecycle import FailedFilter, utcnow
 from app.models import MessageStatus
 
 # Ids and cursors beyond a signed 64-bit integer cannot exist in either database.
@@ -36,6 +39,15 @@ MAX_ID = 2**63 - 1
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 EXAMPLE_CONTENT = "Test message"
+# Scheduled delivery: at most this far ahead (or behind), so a typo in a year cannot park a
+# message forever.
+MAX_SCHEDULE_SECONDS = 366 * 24 * 3600
+SCHEDULE_FIELDS = ("deliver_at", "delay_seconds")
+MAX_REDRIVE = 10_000  # messages per bulk redrive request, so one request stays short
+# RFC 3339's date-time: a full date, a time with seconds, and a zone (Z or an offset).
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 
 
 def _storable(text: str) -> str:
@@ -73,20 +85,142 @@ def _content(max_chars: int) -> Any:
     ]
 
 
+def _rfc3339(value: Any) -> datetime:
+    """An RFC 3339 date-time with its zone, e.g. ``2026-12-01T09:00:00Z``, in UTC."""
+    if not isinstance(value, str) or not RFC3339.fullmatch(value):
+        raise PydanticCustomError(
+            "rfc3339", "must be an RFC 3339 date-time with a zone, e.g. 2026-12-01T09:00:00Z"
+        )
+    # fromisoformat takes at most microseconds; finer digits are cut, not rounded.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("z", "Z"))
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError):  # February 30; or year 1 moved west of UTC
+        raise PydanticCustomError("rfc3339", "is not a real date-time") from None
+
+
+def _near(moment: datetime) -> datetime:
+    """A delivery time within ``MAX_SCHEDULE_SECONDS`` of now."""
+    if abs(moment - utcnow()) > timedelta(seconds=MAX_SCHEDULE_SECONDS):
+        raise PydanticCustomError(
+            "schedule_range",
+            f"must be within {MAX_SCHEDULE_SECONDS} seconds ({MAX_SCHEDULE_SECONDS // 86400} "
+            "days) of now",
+        )
+    return moment
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """Leave an optional field's null default out of the schema: null itself is refused."""
+    schema.pop("default", None)
+
+
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
+DateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
+DeliverAt = Annotated[
+    DateTime,
+    AfterValidator(_near),
+    Field(
+        description="Hold the message back until then (RFC 3339 with a zone, within "
+        f"{MAX_SCHEDULE_SECONDS // 86400} days of now); a past time is due at once.",
+        json_schema_extra=_no_default,
+    ),
+]
+DelaySeconds = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=MAX_SCHEDULE_SECONDS,
+        allow_inf_nan=False,
+        description="Hold the message back this many seconds; not with deliver_at.",
+        examples=[90],
+        json_schema_extra=_no_default,
+    ),
+]
 Count = Annotated[int, Field(ge=0)]
 StatusName = Literal[tuple(status.value for status in MessageStatus)]  # type: ignore[valid-type]
 
 
+class MessageIn(BaseModel):
+    """The body of ``POST /messages``, and one item of a batch; see :func:`message_in`."""
+
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{"content": "Hi"}]})
+
+    content: str
+    deliver_at: DeliverAt = None
+    delay_seconds: DelaySeconds = None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> MessageIn:
+        if set(SCHEDULE_FIELDS) <= self.model_fields_set:
+            raise PydanticCustomError(
+                "schedule_conflict", "Give 'deliver_at' or 'delay_seconds', not both"
+            )
+        return self
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the message asks to be held back."""
+        return bool(self.model_fields_set & set(SCHEDULE_FIELDS))
+
+    def delivery_time(self) -> datetime | None:
+        """When the message is due: ``deliver_at``, now plus ``delay_seconds``, or None."""
+        if self.delay_seconds is not None:
+            return utcnow() + timedelta(seconds=self.delay_seconds)
+        return self.deliver_at
+
+
 @lru_cache
-def message_in(max_chars: int) -> type[BaseModel]:
-    """The body of ``POST /messages``, and one item of a batch, of at most ``max_chars``."""
+def message_in(max_chars: int) -> type[MessageIn]:
+    """:class:`MessageIn` with a ``content`` of at most ``max_chars``."""
     return create_model(
         "MessageIn",
-        __config__=ConfigDict(strict=True, json_schema_extra={"examples": [{"content": "Hi"}]}),
+        __base__=MessageIn,
         __doc__="A message to store.",
         content=(_content(max_chars), ...),
     )
+
+
+class RedriveIn(BaseModel):
+    """The body of ``POST /messages/retry``: which failed messages go back to pending."""
+
+    model_config = ConfigDict(
+        strict=True, json_schema_extra={"examples": [{"since": "2026-11-30T00:00:00Z"}]}
+    )
+
+    status: Literal["failed"] = Field(
+        "failed", description="Only failed messages are retried in bulk."
+    )
+    since: DateTime = Field(
+        None,
+        description="Failed at or after this time (RFC 3339 with a zone).",
+        json_schema_extra=_no_default,
+    )
+    until: DateTime = Field(
+        None,
+        description="Failed before this time (RFC 3339 with a zone).",
+        json_schema_extra=_no_default,
+    )
+    limit: int = Field(
+        MAX_REDRIVE, ge=1, le=MAX_REDRIVE, description="At most this many are retried."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RedriveIn:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise PydanticCustomError("time_order", "'since' must be before 'until'")
+        return self
+
+    def failed_filter(self) -> FailedFilter:
+        """The failed messages this asks for."""
+        return FailedFilter(since=self.since, until=self.until)
+
+
+class RedriveOut(TypedDict):
+    """How many failed messages went back to pending."""
+
+    retried: Count
+    more: Annotated[bool, Field(description="Whether matching failed messages remain.")]
 
 
 class MessageOut(TypedDict):
@@ -101,6 +235,9 @@ class MessageOut(TypedDict):
     started_at: Annotated[Timestamp | None, Field(description="When the last claim began.")]
     completed_at: Annotated[
         Timestamp | None, Field(description="When processing ended, success or failure.")
+    ]
+    deliver_at: Annotated[
+        Timestamp | None, Field(description="When it is due (UTC), if it was scheduled.")
     ]
     last_error: Annotated[str | None, Field(description="Why the last attempt failed.")]
     result: Annotated[Any, Field(description="What the processor returned (any JSON).")]
@@ -134,6 +271,7 @@ class Stats(TypedDict):
     processing: Count
     completed: Count
     failed: Count
+    cancelled: Count
 
 
 class ErrorBody(TypedDict):
@@ -234,10 +372,17 @@ def _field_path(location: tuple[int | str, ...]) -> str:
     return path
 
 
+# Errors about two fields at once, and the fields they name.
+_FIELD_PAIRS = {"schedule_conflict": SCHEDULE_FIELDS, "time_order": ("since", "until")}
+
+
 def _body_error(error: ValidationError, body: Any, maximum: int | None) -> APIError:
     """The envelope for a body that failed its declaration; the first problem is named."""
     problem = error.errors(include_url=False)[0]
     location, kind = tuple(problem["loc"]), problem["type"]
+    if kind in _FIELD_PAIRS:
+        fields = [_field_path((*location, name)) for name in _FIELD_PAIRS[kind]]
+        return validation_error(f"{problem['msg']}.", {"fields": fields})
     if not location:
         return validation_error("The body must be a JSON object.", {"got": type(body).__name__})
     field = _field_path(location)
@@ -255,6 +400,7 @@ def _body_error(error: ValidationError, body: Any, maximum: int | None) -> APIEr
         "missing": f"{name} is required.",
         "string_type": f"{name} must be a string.",
         "string_too_short": f"{name} must not be empty.",
+        "literal_error": f"{name} must be {problem.get('ctx', {}).get('expected')}.",
     }
     text = messages.get(kind, f"{name} {problem['msg']}.")
     return validation_error(text, {"field": field})
@@ -346,6 +492,7 @@ MESSAGE = TypeAdapter(MessageOut)
 MESSAGE_LIST = TypeAdapter(MessageList)
 MESSAGE_PAGE = TypeAdapter(MessagePage)
 STATS = TypeAdapter(Stats)
+REDRIVE = TypeAdapter(RedriveOut)
 
 
 def json_bytes(adapter: TypeAdapter[Any], value: Any) -> bytes:
@@ -356,3 +503,8 @@ def json_bytes(adapter: TypeAdapter[Any], value: Any) -> bytes:
 def message_out(row: dict[str, Any]) -> dict[str, Any]:
     """A message row with its public fields in their declared order (pydantic keeps the row's)."""
     return {field: row[field] for field in MESSAGE_FIELDS}
+
+
+def message_json_size(row: dict[str, Any]) -> int:
+    """How many bytes a row takes in a response (its content and result dominate)."""
+    return len(json_bytes(MESSAGE, message_out(row)))

@@ -1,4 +1,4 @@
-"""What each route demands, declared on its view: open, the metrics token, or a key's scope."""
+"""What each route demands, declared on its view: open, a token, a key's scope, a console login."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class Access(StrEnum):
 
     PUBLIC = "public"  # the health probes
     METRICS = "metrics"  # N3HUB_METRICS_TOKEN (or, without one, see app.api.guard)
+    CONSOLE = "console"  # the web console's own login session (app.console.session)
 
 
 Requirement = Scope | Access

@@ -163,3 +163,12 @@ def find_active(key_hash: str) -> StoredKey | None:
     if row is None or not secrets.compare_digest(row.key_hash, key_hash):
         return None
     return _stored(row)
+
+
+def find_active_by_id(key_id: int) -> StoredKey | None:
+    """The key with this id if it is still active, or None."""
+    with read_connection() as connection:
+        row = connection.execute(
+            select(*_COLUMNS).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        ).one_or_none()
+    return _stored(row) if row is not None else None

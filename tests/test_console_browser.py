@@ -1,0 +1,192 @@
+"""The console driven in headless Chromium, as an operator would, against Gunicorn and a worker.
+
+Needs Debian's ``chromium`` and ``chromium-driver``; without them these tests
+skip, saying so, unless ``N3HUB_REQUIRE_CHROMIUM=1`` (CI), which fails instead.
+Screenshots go to ``var/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from app import tallies
+from app.database import write_transaction
+from app.models import DEFAULT_TENANT, Message
+from tests.conftest import app_key, start_web
+from tests.support.polling import wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1200,900",
+)
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    reason = (
+        "browser tests skipped: Debian's chromium and chromium-driver are not installed "
+        "(apt-get install -y chromium chromium-driver)"
+    )
+    if os.environ.get("N3HUB_REQUIRE_CHROMIUM") == "1":
+        pytest.fail(f"N3HUB_REQUIRE_CHROMIUM=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    _require_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.implicitly_wait(5)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def console(
+    worker_stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The console's base URL, served by Gunicorn on the database the session's worker serves."""
+    web, port = start_web(worker_stack_env, tmp_path_factory.mktemp("console-web"), workers=1)
+    yield f"http://127.0.0.1:{port}/console"
+    web.stop()
+
+
+def by_id(driver: object, element_id: str) -> object:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id)
+
+
+def shoot(driver: object, name: str) -> None:
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def log_in(driver: object, console: str, key: str) -> None:
+    driver.get(f"{console}/login")
+    by_id(driver, "api_key").send_keys(key)
+    by_id(driver, "login").click()
+    wait_for(lambda: driver.current_url.rstrip("/") == console, what="the overview")
+
+
+def scheduled(client: FlaskClient, content: str) -> int:
+    response = client.post("/messages", json={"content": content, "delay_seconds": 3600})
+    assert response.status_code == 201
+    return response.get_json()["id"]
+
+
+def failed(client: FlaskClient, app: Flask, content: str) -> int:
+    """A message that failed (written directly; its next run succeeds)."""
+    message_id = scheduled(client, content)
+    with app.app_context(), write_transaction() as connection:
+        connection.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(
+                status="failed", attempts=3, last_error="planned", completed_at=Message.created_at
+            )
+        )
+        tallies.apply(connection, {(DEFAULT_TENANT, "pending"): -1, (DEFAULT_TENANT, "failed"): 1})
+    return message_id
+
+
+def status_shown(driver: object) -> str:
+    return by_id(driver, "status").text
+
+
+def test_log_in_filter_open_and_retry_a_failed_message(
+    browser: object, console: str, worker_client: FlaskClient, worker_app: Flask
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    message_id = failed(worker_client, worker_app, "to retry from the console")
+    scheduled(worker_client, "waiting for later")
+    log_in(browser, console, app_key(worker_app))
+    assert by_id(browser, "count-failed").text.endswith("1")
+    shoot(browser, "overview")
+    browser.get(f"{console}/messages")
+    Select(by_id(browser, "status-filter")).select_by_value("failed")
+    by_id(browser, "filter").click()
+    rows = by_id(browser, "messages").text
+    assert "to retry from the console" in rows and "waiting for later" not in rows
+    shoot(browser, "messages-failed")
+    browser.find_element("link text", str(message_id)).click()
+    assert status_shown(browser) == "failed"
+    by_id(browser, "retry").click()
+    assert "retried" in by_id(browser, "done").text
+
+    def completed() -> bool:
+        browser.refresh()
+        return status_shown(browser) == "completed"
+
+    wait_for(completed, timeout=30, interval=0.3, what="the retried message to complete")
+    assert '"characters"' in by_id(browser, "result").text
+    shoot(browser, "message-completed")
+
+
+def test_cancel_a_scheduled_message_and_go_to_it_by_id(
+    browser: object, console: str, worker_client: FlaskClient, worker_app: Flask
+) -> None:
+    message_id = scheduled(worker_client, "to cancel")
+    log_in(browser, console, app_key(worker_app))
+    browser.get(f"{console}/messages")
+    by_id(browser, "go").send_keys(str(message_id))
+    by_id(browser, "go-button").click()
+    assert status_shown(browser) == "pending"
+    assert by_id(browser, "field-deliver_at").text != "—"
+    by_id(browser, "cancel").click()
+    assert status_shown(browser) == "cancelled"
+    assert worker_client.get(f"/messages/{message_id}").get_json()["status"] == "cancelled"
+    shoot(browser, "message-cancelled")
+
+
+def test_bulk_redrive_asks_for_confirmation(
+    browser: object, console: str, worker_client: FlaskClient, worker_app: Flask
+) -> None:
+    ids = [failed(worker_client, worker_app, f"redrive {n}") for n in range(2)]
+    log_in(browser, console, app_key(worker_app))
+    browser.get(f"{console}/redrive")
+    browser.execute_script("document.getElementById('since').value = '2020-01-01T00:00'")
+    by_id(browser, "review").click()
+    assert all(worker_client.get(f"/messages/{i}").get_json()["status"] == "failed" for i in ids)
+    by_id(browser, "confirm").click()
+    assert by_id(browser, "redriven").text.startswith("2 message")
+    shoot(browser, "redrive-done")
+    wait_for(
+        lambda: all(
+            worker_client.get(f"/messages/{i}").get_json()["status"] == "completed" for i in ids
+        ),
+        what="the redriven messages to complete",
+    )
+
+
+def test_logout_ends_the_session(browser: object, console: str, worker_app: Flask) -> None:
+    log_in(browser, console, app_key(worker_app))
+    by_id(browser, "logout").click()
+    wait_for(lambda: browser.current_url.endswith("/console/login"), what="the login page")
+    browser.get(f"{console}/messages")
+    assert browser.current_url.endswith("/console/login")
