@@ -37,7 +37,7 @@ WORKDIR /app
 COPY app ./app
 COPY migrations ./migrations
 COPY docker/entrypoint.sh ./docker/entrypoint.sh
-COPY gunicorn.conf.py run.py ./
+COPY gunicorn.conf.py run.py web.py ./
 # Numeric, so that an orchestrator can verify "not root" without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 5000

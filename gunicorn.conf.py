@@ -1,4 +1,4 @@
-"""Gunicorn settings for the web service (``gunicorn -c gunicorn.conf.py``).
+"""Gunicorn settings for the web service (``python web.py``, or ``gunicorn -c gunicorn.conf.py``).
 
 Every value comes from the settings declared in app/config.py (workers from
 ``WEB_CONCURRENCY``, Gunicorn's own variable), checked before any worker boots, and

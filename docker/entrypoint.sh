@@ -21,7 +21,7 @@ case "$role" in
     web)
         # Fail here, loudly and once, rather than in every Gunicorn worker.
         flask --app app db upgrade
-        exec gunicorn -c gunicorn.conf.py "$@"
+        exec python web.py "$@"
         ;;
     worker)
         # Gossip and mingle only add broker traffic here: workers share no state but the

@@ -173,6 +173,21 @@ def test_a_busy_server_is_retried_after_its_retry_after(
         assert client.stats()["total"] == 1
 
 
+def test_a_client_over_its_rate_limit_waits_and_stores_every_send(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """429 with Retry-After from the server's rate limit: each send waits, none is lost."""
+    caplog.set_level(logging.INFO, logger="n3hub_client")
+    with (
+        web_stack(tmp_path, redis_server.url, N3HUB_RATE_LIMIT="4/second") as stack,
+        Client(stack.url, stack.key, retry=RetryPolicy(max_retries=20, max_delay=2.0)) as client,
+    ):
+        sent = [client.send(f"limited {n}")["id"] for n in range(12)]
+        assert "429, retrying in" in caplog.text
+        assert len(set(sent)) == 12
+        assert client.stats()["total"] == 12
+
+
 def test_settings_come_from_flags_then_environment_then_the_checkout(tmp_path: Path) -> None:
     nested = tmp_path / "repo" / "app" / "deep"
     nested.mkdir(parents=True)

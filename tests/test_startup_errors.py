@@ -22,6 +22,7 @@ def entry_points() -> dict[str, list[str]]:
     return {
         "flask": [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"],
         "run.py": [sys.executable, "run.py"],
+        "web.py": [sys.executable, "web.py", "--bind", f"127.0.0.1:{free_port()}"],
         "gunicorn": [
             str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py",
             "--bind", f"127.0.0.1:{free_port()}",
@@ -59,11 +60,11 @@ def start_with(command: list[str], tmp_path: Path, name: str, value: str) -> tup
 
 
 # Gunicorn reads WEB_CONCURRENCY itself when it is imported, before any config file: a bad
-# one fails there, in Gunicorn's code. `make run` and the image's `web` role run
-# `flask --app app db upgrade` first, which stops on it with the one line.
+# one fails there, in Gunicorn's code, under a bare `gunicorn`. Procfile and the image
+# start `python web.py`, which checks the settings first.
 CASES = [
     (entry_point, *bad)
-    for entry_point in ("flask", "run.py", "gunicorn", "celery")
+    for entry_point in ("flask", "run.py", "web.py", "gunicorn", "celery")
     for bad in BAD_VALUES
     if (entry_point, bad[0]) != ("gunicorn", "WEB_CONCURRENCY")
 ]

@@ -68,8 +68,7 @@ def test_a_second_server_on_a_taken_port_stops_with_a_clear_line(
         assert f"Listening at: http://127.0.0.1:{port}" in first.log_tail()
         second_env = stack_environment(f"sqlite:///{tmp_path / 'second.db'}", redis_server.url)
         second = subprocess.run(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            [sys.executable, "web.py", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
             cwd=PROJECT_ROOT, env=second_env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert second.returncode != 0

@@ -196,8 +196,7 @@ def celery_worker(
 def gunicorn_web(env: Mapping[str, str], log_path: Path, port: int, workers: int) -> ManagedProcess:
     """The web service under Gunicorn with the project's config file."""
     argv = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "-c", "gunicorn.conf.py",
+        sys.executable, "web.py",
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),
     ]  # fmt: skip
