@@ -30,9 +30,10 @@ from app.models import DEFAULT_TENANT, IdempotencyKey, Message, MessageStatus, U
 
 PENDING = MessageStatus.PENDING
 # A message that lost its worker this often may be what kills it: it runs alone from then on.
-# Two would let a poison message take the same bystanders down twice, and their attempts
-# with them; one costs a slower recovery after a crash (every stranded message runs alone).
-RUN_ALONE_AFTER_WORKER_LOSSES = 1
+# One loss proves nothing (an OOM kill or a deploy strands every message in flight), and
+# running each of a thousand stranded I/O-bound messages alone would take as many of its
+# run times; from two on, a poison message has taken its bystanders down at most twice.
+RUN_ALONE_AFTER_WORKER_LOSSES = 2
 PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED

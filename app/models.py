@@ -83,7 +83,7 @@ class Message(db.Model):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     # Attempts that ended with their worker lost (a crash, a kill). From the second on, the
-    # message may be what killed it: its next attempts run with nothing else in flight.
+    # message may be what kills it: its next attempts run with nothing else in flight.
     worker_losses: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default="0"
     )

@@ -36,6 +36,7 @@ from app.config import SETTINGS, load_config
 from app.database import write_transaction
 from app.extensions import db
 from app.models import IdempotencyKey, Message, Tally
+from app.worker.settings import with_database_retries
 from tests.support.polling import wait_for
 from tests.support.processes import (
     ManagedProcess,
@@ -242,12 +243,20 @@ def statements_run(app: Flask) -> Iterator[list[str]]:
 
 
 def reset_database(app: Flask) -> None:
-    """Remove every message and idempotency key, and zero the tallies."""
-    with app.app_context(), write_transaction() as connection:
-        connection.execute(delete(IdempotencyKey))
-        connection.execute(delete(Message))
-        connection.execute(delete(IdempotencyKey))
-        connection.execute(update(Tally).values(value=0))
+    """Remove every message and idempotency key, and zero the tallies.
+
+    A worker may still be writing the outcomes of an earlier test's messages: a
+    deadlock with it is retried, as the worker retries its own side.
+    """
+
+    def reset() -> None:
+        with write_transaction() as connection:
+            connection.execute(delete(IdempotencyKey))
+            connection.execute(delete(Message))
+            connection.execute(update(Tally).values(value=0))
+
+    with app.app_context():
+        with_database_retries(reset)
 
 
 def make_api_key(

@@ -82,6 +82,17 @@ def by_id(driver: object, element_id: str) -> object:
     return driver.find_element(By.ID, element_id)
 
 
+def follow(driver: object, element: object) -> None:
+    """Click what loads a new page, and wait until that page has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old_page))
+
+
 def shoot(driver: object, name: str) -> None:
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
@@ -89,7 +100,7 @@ def shoot(driver: object, name: str) -> None:
 def log_in(driver: object, console: str, key: str) -> None:
     driver.get(f"{console}/login")
     by_id(driver, "api_key").send_keys(key)
-    by_id(driver, "login").click()
+    follow(driver, by_id(driver, "login"))
     wait_for(lambda: driver.current_url.rstrip("/") == console, what="the overview")
 
 
@@ -130,13 +141,13 @@ def test_log_in_filter_open_and_retry_a_failed_message(
     shoot(browser, "overview")
     browser.get(f"{console}/messages")
     Select(by_id(browser, "status-filter")).select_by_value("failed")
-    by_id(browser, "filter").click()
+    follow(browser, by_id(browser, "filter"))
     rows = by_id(browser, "messages").text
     assert "to retry from the console" in rows and "waiting for later" not in rows
     shoot(browser, "messages-failed")
-    browser.find_element("link text", str(message_id)).click()
+    follow(browser, browser.find_element("link text", str(message_id)))
     assert status_shown(browser) == "failed"
-    by_id(browser, "retry").click()
+    follow(browser, by_id(browser, "retry"))
     assert "retried" in by_id(browser, "done").text
 
     def completed() -> bool:
@@ -155,10 +166,10 @@ def test_cancel_a_scheduled_message_and_go_to_it_by_id(
     log_in(browser, console, app_key(worker_app))
     browser.get(f"{console}/messages")
     by_id(browser, "go").send_keys(str(message_id))
-    by_id(browser, "go-button").click()
+    follow(browser, by_id(browser, "go-button"))
     assert status_shown(browser) == "pending"
     assert by_id(browser, "field-deliver_at").text != "—"
-    by_id(browser, "cancel").click()
+    follow(browser, by_id(browser, "cancel"))
     assert status_shown(browser) == "cancelled"
     assert worker_client.get(f"/messages/{message_id}").get_json()["status"] == "cancelled"
     shoot(browser, "message-cancelled")
@@ -171,9 +182,9 @@ def test_bulk_redrive_asks_for_confirmation(
     log_in(browser, console, app_key(worker_app))
     browser.get(f"{console}/redrive")
     browser.execute_script("document.getElementById('since').value = '2020-01-01T00:00'")
-    by_id(browser, "review").click()
+    follow(browser, by_id(browser, "review"))
     assert all(worker_client.get(f"/messages/{i}").get_json()["status"] == "failed" for i in ids)
-    by_id(browser, "confirm").click()
+    follow(browser, by_id(browser, "confirm"))
     assert by_id(browser, "redriven").text.startswith("2 message")
     shoot(browser, "redrive-done")
     wait_for(
@@ -186,7 +197,7 @@ def test_bulk_redrive_asks_for_confirmation(
 
 def test_logout_ends_the_session(browser: object, console: str, worker_app: Flask) -> None:
     log_in(browser, console, app_key(worker_app))
-    by_id(browser, "logout").click()
+    follow(browser, by_id(browser, "logout"))
     wait_for(lambda: browser.current_url.endswith("/console/login"), what="the login page")
     browser.get(f"{console}/messages")
     assert browser.current_url.endswith("/console/login")

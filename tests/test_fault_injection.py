@@ -128,8 +128,9 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     stack: FaultStack,
 ) -> None:
     count = 3000
-    # I/O-bound messages, hundreds in flight in each pool process when the kill comes.
-    stack.create([f"sleep:0.05 message {i}" for i in range(count)])
+    # I/O-bound messages, hundreds in flight in each pool process when the kill comes: each
+    # waits 1 s, so the 1,000 slots of the worker need three rounds for all of them.
+    stack.create([f"sleep:1 message {i}" for i in range(count)])
     first = stack.start_worker()
     # Killed while it holds claims: between two batches (or on a loaded machine, after
     # the sweep took back a stalled claim) it may briefly hold none.

@@ -159,16 +159,29 @@ def test_a_retried_message_is_claimed_first_with_new_ones() -> None:
     stats_add_up()
 
 
-def test_a_message_that_lost_its_worker_runs_alone_in_an_idle_worker() -> None:
-    lost_id = lifecycle.create_message("killed its worker")[0]["id"]
+def test_a_message_that_lost_its_worker_once_runs_with_others() -> None:
+    lost_id = lifecycle.create_message("in flight when its worker was killed")[0]["id"]
     claim(10)
     expire_leases()
     lifecycle.recover_expired_leases(POLICY)
+    healthy_id = lifecycle.create_message("healthy")[0]["id"]
+    again = lifecycle.claim_messages(10, 30, idle=False)
+    assert [(m.id, m.attempts) for m in again.messages] == [(lost_id, 2), (healthy_id, 1)]
+    assert not again.alone
+    stats_add_up()
+
+
+def test_a_message_that_lost_its_worker_twice_runs_alone_in_an_idle_worker() -> None:
+    lost_id = lifecycle.create_message("killed its worker")[0]["id"]
+    for _ in range(lifecycle.RUN_ALONE_AFTER_WORKER_LOSSES):
+        claim(10)
+        expire_leases()
+        lifecycle.recover_expired_leases(POLICY)
     lifecycle.create_message("healthy 1")
     busy = lifecycle.claim_messages(10, 30, idle=False)
     assert (busy.messages, busy.alone, busy.alone_waiting) == ([], False, True)
     idle = lifecycle.claim_messages(10, 30, idle=True)
-    assert [(m.id, m.attempts) for m in idle.messages] == [(lost_id, 2)]
+    assert [(m.id, m.attempts) for m in idle.messages] == [(lost_id, 3)]
     assert idle.alone
     assert [m.content for m in claim(10, idle=False)] == ["healthy 1"]
     stats_add_up()
