@@ -1,4 +1,4 @@
-"""Database schema: messages, the tallies that keep counts cheap to read, and API keys."""
+"""Database schema: messages, the tallies that keep counts cheap, API keys, worker activity."""
 
 from __future__ import annotations
 
@@ -159,3 +159,29 @@ class ApiKey(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)
+
+
+class ThroughputSnapshot(db.Model):
+    """The processed tallies, summed over tenants, as a worker's sweep read them in one minute.
+
+    The console charts the differences between consecutive minutes
+    (:mod:`app.activity`); the minute's primary key keeps one snapshot per minute
+    however many workers sweep.
+    """
+
+    __tablename__ = "throughput_snapshots"
+
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    completed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    failed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class WorkerHeartbeat(db.Model):
+    """A worker process (``host:pid``) seen alive, its slots and the messages it has in flight."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer, nullable=False)
+    in_flight: Mapped[int] = mapped_column(Integer, nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

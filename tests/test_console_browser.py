@@ -7,18 +7,20 @@ Screenshots go to ``var/screenshots/``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import delete, insert, update
 
-from app import tallies
+from app import lifecycle, tallies
 from app.database import write_transaction
-from app.models import DEFAULT_TENANT, Message
+from app.models import DEFAULT_TENANT, Message, ThroughputSnapshot
 from tests.conftest import app_key, start_web
 from tests.support.polling import wait_for
 
@@ -193,6 +195,79 @@ def test_bulk_redrive_asks_for_confirmation(
         ),
         what="the redriven messages to complete",
     )
+
+
+def an_hour_of_throughput(app: Flask) -> None:
+    """Snapshots for the hour before this minute: a varying flow with a burst of failures.
+
+    The worker's own sweep writes this minute's snapshot; the hour before it
+    would take an hour to record, so it is written here.
+    """
+    this_minute = lifecycle.utcnow().replace(second=0, microsecond=0)
+    rows, completed, failed = [], 0, 0
+    for n in range(60, 0, -1):
+        minute = this_minute - timedelta(minutes=n)
+        rows.append({"minute": minute, "completed": completed, "failed": failed})
+        completed += int(1200 + 500 * math.sin(n / 6))
+        failed += 40 if 20 <= n <= 26 else 3
+    with app.app_context(), write_transaction() as connection:
+        connection.execute(
+            delete(ThroughputSnapshot).where(ThroughputSnapshot.minute < this_minute)
+        )
+        connection.execute(insert(ThroughputSnapshot), rows)
+
+
+def test_overview_charts_the_last_hour_and_shows_the_worker(
+    browser: object, console: str, worker_client: FlaskClient, worker_app: Flask
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    for n in range(3):
+        assert worker_client.post("/messages", json={"content": f"done {n}"}).status_code == 201
+    failed(worker_client, worker_app, "failed for good")
+    scheduled(worker_client, "tomorrow's")
+    wait_for(
+        lambda: worker_client.get("/messages/stats").get_json()["completed"] == 3,
+        what="three messages to complete",
+    )
+    an_hour_of_throughput(worker_app)
+    log_in(browser, console, app_key(worker_app))
+    bars = browser.find_elements(By.CSS_SELECTOR, "#chart-completed rect")
+    assert len(bars) >= 59  # this minute's differences, up to the worker's own snapshot
+    assert all(bar.size["height"] > 0 for bar in bars[:59])
+    assert browser.find_elements(By.CSS_SELECTOR, "#chart-failure-rate rect")
+    assert "failed" in by_id(browser, "hour-totals").text
+    assert "alive" in by_id(browser, "workers-summary").text
+    assert by_id(browser, "workers").text.count("s ago") >= 1
+    browser.set_window_size(1200, 1000)  # the whole overview in one screenshot
+    try:
+        shoot(browser, "overview-activity")
+    finally:
+        browser.set_window_size(1200, 900)
+
+
+def test_filter_messages_by_created_time(
+    browser: object, console: str, worker_client: FlaskClient, worker_app: Flask
+) -> None:
+    old = scheduled(worker_client, "from 2020")
+    scheduled(worker_client, "from today")
+    with worker_app.app_context(), write_transaction() as connection:
+        connection.execute(
+            update(Message)
+            .where(Message.id == old)
+            .values(created_at=datetime(2020, 3, 1, 10, 30, tzinfo=UTC))
+        )
+    log_in(browser, console, app_key(worker_app))
+    browser.get(f"{console}/messages")
+    browser.execute_script(
+        "document.getElementById('since').value = '2020-03-01T10:00';"
+        "document.getElementById('until').value = '2020-03-01T11:00';"
+    )
+    by_id(browser, "filter").click()
+    rows = by_id(browser, "messages").text
+    assert "from 2020" in rows and "from today" not in rows
+    assert by_id(browser, "since").get_attribute("value").startswith("2020-03-01T10:00")
+    shoot(browser, "messages-created-range")
 
 
 def test_logout_ends_the_session(browser: object, console: str, worker_app: Flask) -> None:

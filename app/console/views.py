@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from app import lifecycle, queries
-from app.api.schemas import MAX_ID, MAX_REDRIVE, RedriveIn, message_json_size
+from app import activity, lifecycle, queries
+from app.api.schemas import MAX_ID, MAX_REDRIVE, DateTime, message_json_size
 from app.auth.access import Access, requires
 from app.auth.keys import Scope, find_active, hash_key
-from app.console import session
+from app.console import charts, session
 from app.models import MessageStatus
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
 PAGE_SIZE = 50
 OPEN_ENDPOINTS = frozenset({"console.login_form", "console.log_in"})
+# What a browser's datetime-local input sends: no zone; the console reads it as UTC.
+BROWSER_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?", re.ASCII)
+FIELD_TIME = "%Y-%m-%dT%H:%M:%S"
+_TIME = TypeAdapter(DateTime)
 
 
 class Refused(Exception):
@@ -92,18 +97,70 @@ def log_out() -> Response:
 @bp.get("/")
 @requires(Access.CONSOLE)
 def overview() -> str:
-    """Counts by status and the age of the oldest waiting message."""
+    """Counts by status, the oldest waiting message, the last hour's throughput, live workers."""
+    now = lifecycle.utcnow()
     oldest = queries.oldest_pending_created_at()
-    backlog_age = (lifecycle.utcnow() - oldest).total_seconds() if oldest else 0.0
+    backlog_age = (now - oldest).total_seconds() if oldest else 0.0
+    minutes = activity.throughput(now)
+    workers = activity.alive(now)
     return render_template(
-        "console/overview.html", stats=queries.message_stats(), backlog_age=backlog_age
+        "console/overview.html",
+        stats=queries.message_stats(),
+        backlog_age=backlog_age,
+        hour=_hour_totals(minutes),
+        **_charts(minutes, now),
+        workers=workers,
+        slots=sum(worker.slots for worker in workers),
+        in_flight=sum(worker.in_flight for worker in workers),
+        alive_seconds=activity.ALIVE_SECONDS,
+        now=now,
     )
+
+
+def _hour_totals(minutes: list[activity.MinuteCounts]) -> activity.MinuteCounts | None:
+    if not minutes:
+        return None
+    completed = sum(minute.completed for minute in minutes)
+    return activity.MinuteCounts(
+        minutes[0].minute, completed, sum(minute.failed for minute in minutes)
+    )
+
+
+def _charts(minutes: list[activity.MinuteCounts], now: datetime) -> dict[str, charts.Chart]:
+    """Completed per minute and the failure rate, one bar a minute over the last hour."""
+    first = now.replace(second=0, microsecond=0) - activity.CHART_MINUTES * activity.MINUTE
+
+    def slot(minute: activity.MinuteCounts) -> int:
+        return int((minute.minute - first) / activity.MINUTE)
+
+    def at(minute: activity.MinuteCounts) -> str:
+        return minute.minute.strftime("%H:%M UTC")
+
+    completed = [
+        (slot(m), m.completed, f"{at(m)}: {m.completed:,} completed, {m.failed:,} failed")
+        for m in minutes
+    ]
+    rates = [
+        (
+            slot(m),
+            m.failure_rate,
+            f"{at(m)}: {m.failure_rate:.1%} failed of {m.completed + m.failed:,}",
+        )
+        for m in minutes
+        if m.failure_rate is not None
+    ]
+    return {
+        "completed_chart": charts.bar_chart(
+            completed, activity.CHART_MINUTES, lambda top: f"{top:,.0f}/min"
+        ),
+        "failure_chart": charts.bar_chart(rates, activity.CHART_MINUTES, lambda top: f"{top:.1%}"),
+    }
 
 
 @bp.get("/messages")
 @requires(Access.CONSOLE)
 def messages() -> Response | str:
-    """Messages newest first, a page at a time, filtered by status; or go to one id."""
+    """Messages newest first, a page at a time, filtered by status and created time; or one id."""
     go = request.args.get("go", "").strip()
     if go:
         if not go.isascii() or not go.isdigit() or not 1 <= int(go) <= MAX_ID:
@@ -111,12 +168,18 @@ def messages() -> Response | str:
         return redirect(url_for("console.message", message_id=int(go)))
     status = _status_arg()
     cursor = _cursor_arg()
+    created = _created_args()
     budget = (current_app.config["MAX_RESPONSE_BYTES"], message_json_size)
-    page = queries.list_messages(PAGE_SIZE, cursor, status, budget=budget)
+    page = queries.list_messages(PAGE_SIZE, cursor, status, budget=budget, created=created)
+    filters = {
+        "status": status.value if status else None,
+        "since": created.since.strftime(FIELD_TIME) if created.since else None,
+        "until": created.until.strftime(FIELD_TIME) if created.until else None,
+    }
     return render_template(
         "console/messages.html",
         page=page,
-        status=status,
+        filters=filters,
         statuses=list(MessageStatus),
     )
 
@@ -194,12 +257,27 @@ def _cursor_arg() -> int | None:
     return int(raw)
 
 
+def _created_args() -> queries.CreatedRange:
+    times = {
+        name: _utc_time(raw, name)
+        for name in ("since", "until")
+        if (raw := request.args.get(name, "").strip())
+    }
+    created = queries.CreatedRange(**times)
+    if created.since and created.until and created.since >= created.until:
+        raise Refused(400, "'since' must be before 'until'.")
+    return created
+
+
 def _since_field() -> datetime:
-    """The form's time: RFC 3339, or the browser's ``YYYY-MM-DDTHH:MM`` read as UTC."""
-    raw = request.form.get("since", "").strip()
-    if len(raw) == len("2026-11-30T12:00"):
-        raw += ":00Z"
+    return _utc_time(request.form.get("since", "").strip(), "since")
+
+
+def _utc_time(raw: str, name: str) -> datetime:
+    """RFC 3339, or the browser's ``YYYY-MM-DDTHH:MM[:SS]`` read as UTC."""
+    if BROWSER_TIME.fullmatch(raw):
+        raw += "Z" if raw.count(":") == 2 else ":00Z"
     try:
-        return RedriveIn.model_validate({"since": raw}).since
+        return _TIME.validate_python(raw)
     except ValidationError as error:
-        raise Refused(400, f"'since' {error.errors()[0]['msg']}.") from None
+        raise Refused(400, f"'{name}' {error.errors()[0]['msg']}.") from None

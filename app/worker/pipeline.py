@@ -7,7 +7,8 @@ as its message's run ends. A writer thread writes outcomes while the others
 run: the outcomes that ended since its last write share one transaction, and
 after a write of several the next waits ``N3HUB_CLAIM_GATHER_SECONDS`` so that
 a steady flow is written in a few large transactions. The same thread renews
-the leases of the messages in flight every third of ``N3HUB_LEASE_SECONDS``.
+the leases of the messages in flight every third of ``N3HUB_LEASE_SECONDS``,
+and tells the console how many are in flight every ``activity.HEARTBEAT_SECONDS``.
 
 A run that overruns ``N3HUB_PROCESS_TIMEOUT`` is a failed attempt (retried with
 backoff) and its slot is freed at once. An async run is cancelled; a thread
@@ -32,7 +33,7 @@ from functools import partial
 
 from flask import Flask
 
-from app import lifecycle
+from app import activity, lifecycle
 from app.lifecycle import ClaimedMessage, Outcome
 from app.metrics import (
     PROCESSING_TIMEOUTS,
@@ -200,6 +201,7 @@ class Pipeline:
     def _write_forever(self) -> None:
         renew_every = self._settings.lease_seconds / 3
         renew_at = time.monotonic() + renew_every
+        report_at = 0.0
         next_write_at = 0.0
         while True:
             with self._writer_wanted:
@@ -208,11 +210,11 @@ class Pipeline:
                     self._time_out_overruns(now)
                     if self._ended and now >= next_write_at:
                         break
-                    if now >= renew_at:
+                    if now >= min(renew_at, report_at):
                         break
                     if self._stopping and not self._running and not self._ended:
                         return
-                    wake_at = min(renew_at, self._earliest_deadline())
+                    wake_at = min(renew_at, report_at, self._earliest_deadline())
                     if self._ended:
                         wake_at = min(wake_at, next_write_at)
                     self._writer_wanted.wait(wake_at - now)
@@ -223,6 +225,9 @@ class Pipeline:
             if renewing:
                 self._renew_leases(held + [outcome.message for outcome in outcomes])
                 renew_at = now + renew_every
+            if now >= report_at:
+                self._report_in_flight(len(held))
+                report_at = now + activity.HEARTBEAT_SECONDS
             if outcomes:
                 self._write(outcomes)
                 with self._slot_freed:
@@ -281,6 +286,13 @@ class Pipeline:
                 )
         except Exception:
             log.exception("could not renew the leases of %d messages", len(messages))
+
+    def _report_in_flight(self, in_flight: int) -> None:
+        try:
+            with self._app.app_context():
+                activity.report_in_flight(in_flight)
+        except Exception as error:  # the console shows an older count; nothing else depends on it
+            log.warning("could not report %d messages in flight: %s", in_flight, error)
 
     def _give_back(self, messages: list[ClaimedMessage], reason: str) -> None:
         if not messages:
