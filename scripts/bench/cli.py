@@ -16,6 +16,7 @@ from typing import Any
 import scripts.bench
 from app.config import PROJECT_ROOT
 from scripts.bench import phases
+from scripts.bench.console_pages import measure_console
 from scripts.bench.load import ClosedLoop, find_wrk
 from scripts.bench.processing_phases import measure_processing
 from scripts.bench.profiling import Profiler
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace, results: dict[str, Any], say: phases.Progress)
         if "reads" in args.phases:
             results["reads"] = {"table": phases.fill_table(app, args.rows, say)}
             results["reads"].update(phases.measure_reads(web, args.samples, say))
+            results["reads"]["console"] = measure_console(app, args.samples, say)
         results["profiles"] = profiler.summaries
         say("stopping the stack")
 

@@ -64,6 +64,13 @@ class Target:
 
 
 READ_ENDPOINTS = ("GET /messages", "GET /messages?status=failed", "GET /messages/stats")
+CONSOLE_PAGES = (
+    "overview",
+    "messages",
+    "failed messages",
+    "messages created on one day",
+    "one message",
+)
 
 TARGETS = [
     Target(("ingest", "ratio_to_ceiling"), operator.ge, 0.5, ">= 0.50"),
@@ -77,6 +84,10 @@ TARGETS = [
     Target(("latency", "50", "p50_ms"), operator.le, 10, "<= 10"),
     Target(("latency", "50", "p99_ms"), operator.le, 50, "<= 50"),
     *(Target(("reads", path, "p50_ms"), operator.le, 20, "<= 20") for path in READ_ENDPOINTS),
+    *(
+        Target(("reads", "console", page, "p50_ms"), operator.le, 50, "<= 50")
+        for page in CONSOLE_PAGES
+    ),
 ]
 
 
@@ -126,10 +137,10 @@ def _processing_rows() -> list[Row]:
     ]
 
 
-def _read_rows(endpoint: str) -> list[Row]:
+def _read_rows(label: str, *path: str) -> list[Row]:
     return [
-        Row(f"read {endpoint} p50 (ms)", ("reads", endpoint, "p50_ms"), 2),
-        Row(f"read {endpoint} p99 (ms)", ("reads", endpoint, "p99_ms"), 2),
+        Row(f"{label} p50 (ms)", ("reads", *path, "p50_ms"), 2),
+        Row(f"{label} p99 (ms)", ("reads", *path, "p99_ms"), 2),
     ]
 
 
@@ -170,7 +181,12 @@ ROWS = [
     *_latency_rows("500"),
     *_processing_rows(),
     Row("messages stored during the reads", ("reads", "table", "rows")),
-    *(row for endpoint in READ_ENDPOINTS for row in _read_rows(endpoint)),
+    *(row for endpoint in READ_ENDPOINTS for row in _read_rows(f"read {endpoint}", endpoint)),
+    *(
+        row
+        for page in CONSOLE_PAGES
+        for row in _read_rows(f"console page, {page},", "console", page)
+    ),
 ]
 
 
