@@ -153,8 +153,13 @@ def test_log_in_filter_open_and_retry_a_failed_message(
     assert "retried" in by_id(browser, "done").text
 
     def completed() -> bool:
+        from selenium.common.exceptions import StaleElementReferenceException
+
         browser.refresh()
-        return status_shown(browser) == "completed"
+        try:
+            return status_shown(browser) == "completed"
+        except StaleElementReferenceException:  # the refreshed page was still replacing it
+            return False
 
     wait_for(completed, timeout=30, interval=0.3, what="the retried message to complete")
     assert '"characters"' in by_id(browser, "result").text
@@ -263,7 +268,7 @@ def test_filter_messages_by_created_time(
         "document.getElementById('since').value = '2020-03-01T10:00';"
         "document.getElementById('until').value = '2020-03-01T11:00';"
     )
-    by_id(browser, "filter").click()
+    follow(browser, by_id(browser, "filter"))
     rows = by_id(browser, "messages").text
     assert "from 2020" in rows and "from today" not in rows
     assert by_id(browser, "since").get_attribute("value").startswith("2020-03-01T10:00")
