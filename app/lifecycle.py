@@ -1,7 +1,9 @@
 """Every change of a message's status, each one a single guarded transaction.
 
 pending -> processing is a claim: one conditional UPDATE that increments
-``attempts`` and sets a lease, so a row is never claimed twice. The outcome of
+``attempts`` and sets a lease, so a row is never claimed twice (on MySQL and
+MariaDB, which lack ``UPDATE ... RETURNING``, a locking SELECT that skips locked
+rows and an UPDATE of those rows, in one transaction). The outcome of
 a claim is written only while the row is still ``processing`` with the same
 ``attempts``: the attempt number is the fencing token that stops a late
 finisher from overwriting a newer claim. Claims that outlive their lease are
@@ -24,7 +26,7 @@ from sqlalchemy import Select, Update, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app import pending_rows, tallies
+from app import mysql, mysql_outcomes, pending_rows, tallies
 from app.database import driver_write_transaction, read_connection, write_transaction
 from app.models import DEFAULT_TENANT, IdempotencyKey, Message, MessageStatus, UTCDateTime
 
@@ -257,9 +259,20 @@ def purge_expired_idempotency_keys(limit: int = 1000) -> int:
     """Delete up to ``limit`` expired idempotency keys; return how many."""
     now = utcnow()
     with write_transaction() as connection:
-        expired = select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+        # Two statements, not DELETE ... IN (SELECT ... LIMIT), which MySQL refuses.
+        keys = (
+            connection.execute(
+                select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        if not keys:
+            return 0
         return connection.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.key.in_(expired.scalar_subquery()))
+            delete(IdempotencyKey).where(
+                IdempotencyKey.key.in_(keys), IdempotencyKey.expires_at <= now
+            )
         ).rowcount
 
 
@@ -291,40 +304,80 @@ def _due(*, retried: bool, now: Any, alone: bool | None = None) -> Select[tuple[
     )
 
 
-def _claim_statement(*, retried: bool, alone: bool | None = None) -> Update:
-    """The claim UPDATE, built once: each call only binds ``m_now``, ``m_limit``, ``m_lease``."""
-    now = bindparam("m_now", type_=UTCDateTime())
+_CLAIMED_COLUMNS = (
+    Message.id,
+    Message.content,
+    Message.attempts,
+    Message.created_at,
+    Message.tenant,
+)
+# What a claim sets; each call only binds ``m_now``, ``m_limit``, ``m_lease`` (and MySQL ``m_ids``).
+_CLAIMED_VALUES = {
+    "status": PROCESSING,
+    "attempts": Message.attempts + 1,
+    "started_at": bindparam("m_now", type_=UTCDateTime()),
+    "updated_at": bindparam("m_now", type_=UTCDateTime()),
+    "lease_expires_at": bindparam("m_lease", type_=UTCDateTime()),
+}
+
+
+@dataclass(frozen=True)
+class _ClaimStatements:
+    """One kind of claim, built once: as an UPDATE ... RETURNING, and as MySQL's locking SELECT.
+
+    MySQL has no UPDATE ... RETURNING and refuses LIMIT in an IN subquery: there
+    the due rows are locked (skipping those another claim holds), then updated by
+    id in the same transaction, where nobody else can claim them.
+    """
+
+    update: Update
+    lock: Select[Any]
+
+
+def _claim_statements(*, retried: bool, alone: bool | None = None) -> _ClaimStatements:
     due = (
-        _due(retried=retried, now=now, alone=alone)
+        _due(retried=retried, now=bindparam("m_now", type_=UTCDateTime()), alone=alone)
         .limit(bindparam("m_limit"))
-        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
+        .with_for_update(skip_locked=True)  # PostgreSQL, MySQL; SQLite holds the write lock
     )
-    return (
-        update(Message)
+    return _ClaimStatements(
+        update=update(Message)
         .where(Message.id.in_(due.scalar_subquery()))
-        .values(
-            status=PROCESSING,
-            attempts=Message.attempts + 1,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
-        )
-        .returning(
-            Message.id, Message.content, Message.attempts, Message.created_at, Message.tenant
-        )
+        .values(**_CLAIMED_VALUES)
+        .returning(*_CLAIMED_COLUMNS),
+        lock=due.with_only_columns(*_CLAIMED_COLUMNS),
     )
 
 
-_claim_new = _claim_statement(retried=False)
-_claim_after_lost_worker = _claim_statement(retried=True, alone=True)
-_claim_retried_safely = _claim_statement(retried=True, alone=False)
+_claim_new = _claim_statements(retried=False)
+_claim_after_lost_worker = _claim_statements(retried=True, alone=True)
+_claim_retried_safely = _claim_statements(retried=True, alone=False)
+_claim_locked = (
+    update(Message)
+    .where(Message.id.in_(bindparam("m_ids", expanding=True)))
+    .values(**_CLAIMED_VALUES)
+)
 
 
 def _claim_with(
-    connection: Connection, statement: Update, now: datetime, lease_until: datetime, limit: int
+    connection: Connection,
+    statements: _ClaimStatements,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
 ) -> list[ClaimedMessage]:
-    rows = connection.execute(statement, {"m_now": now, "m_limit": limit, "m_lease": lease_until})
-    return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
+    values = {"m_now": now, "m_limit": limit, "m_lease": lease_until}
+    if not mysql.is_mysql(connection.dialect):
+        claimed = [ClaimedMessage(*row) for row in connection.execute(statements.update, values)]
+    else:
+        locked = connection.execute(statements.lock, values).all()
+        if locked:
+            connection.execute(_claim_locked, {**values, "m_ids": [row.id for row in locked]})
+        claimed = [
+            ClaimedMessage(row.id, row.content, row.attempts + 1, row.created_at, row.tenant)
+            for row in locked
+        ]
+    return sorted(claimed, key=lambda message: message.id)
 
 
 @dataclass(frozen=True)
@@ -386,22 +439,51 @@ def _record_outcome(status: MessageStatus, **values: Any) -> Update:
     )
 
 
-_complete = _record_outcome(
-    COMPLETED,
-    result=bindparam("m_result", type_=Message.result.type),
-    completed_at=bindparam("m_now"),
-)
-_fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bindparam("m_now"))
-_retry_later = _record_outcome(
-    PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
-)
+@dataclass(frozen=True)
+class _OutcomeColumns:
+    """What ending a claim in one status writes besides the status itself."""
+
+    from_rows: Mapping[str, str]  # column -> the parameter holding each row's value
+    stamped: tuple[str, ...] = ()  # columns set to ``m_now``
+
+    def values(self) -> dict[str, Any]:
+        """The columns' values as bound parameters of :func:`_record_outcome`."""
+        table = Message.__table__
+        values = {
+            column: bindparam(key, type_=table.c[column].type)
+            for column, key in self.from_rows.items()
+        }
+        return values | {column: bindparam("m_now") for column in self.stamped}
+
+
+_OUTCOME_COLUMNS = {
+    COMPLETED: _OutcomeColumns({"result": "m_result"}, ("completed_at",)),
+    FAILED: _OutcomeColumns({"last_error": "m_error"}, ("completed_at",)),
+    PENDING: _OutcomeColumns({"last_error": "m_error", "available_at": "m_available"}),
+}
+_OUTCOME_STATEMENTS = {
+    status: _record_outcome(status, **columns.values())
+    for status, columns in _OUTCOME_COLUMNS.items()
+}
+_fail = _OUTCOME_STATEMENTS[FAILED]
 _take_back_from_lost_worker = _record_outcome(
     PENDING,
     last_error=bindparam("m_error"),
     available_at=bindparam("m_now"),
     worker_losses=Message.worker_losses + 1,
 )
-_OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
+
+
+def _write_outcomes(
+    connection: Connection, status: MessageStatus, rows: list[dict[str, Any]]
+) -> int:
+    """End the claims in ``rows`` with ``status``; how many were still ours."""
+    if mysql.is_mysql(connection.dialect):
+        columns = _OUTCOME_COLUMNS[status]
+        return mysql_outcomes.record_outcomes(
+            connection, status, rows, columns.from_rows, columns.stamped
+        )
+    return connection.execute(_OUTCOME_STATEMENTS[status], rows).rowcount
 
 
 def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
@@ -428,7 +510,7 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     with write_transaction() as connection:
         moved = Counter(
             {
-                (tenant, status): connection.execute(_OUTCOME_STATEMENTS[status], group).rowcount
+                (tenant, status): _write_outcomes(connection, status, group)
                 for (status, tenant), group in sorted(rows.items())
             }
         )
@@ -505,7 +587,7 @@ def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
     with write_transaction() as connection:
         released = Counter(
             {
-                (tenant, PENDING): connection.execute(_retry_later, group).rowcount
+                (tenant, PENDING): _write_outcomes(connection, PENDING, group)
                 for tenant, group in sorted(rows.items())
             }
         )
@@ -645,12 +727,16 @@ def _move(
 ) -> dict[str, Any] | None:
     """Move one message from ``old`` to ``new`` with its tallies; None if it was not ``old``."""
     with write_transaction() as connection:
-        row = connection.execute(
+        # UPDATE, then read the row it locked: MySQL has no UPDATE ... RETURNING.
+        moved = connection.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == old)
             .values(status=new, updated_at=now, **values)
-            .returning(*Message.__table__.columns)
-        ).one_or_none()
-        if row is not None:
-            tallies.apply(connection, tallies.transition_deltas([(row.tenant, old, new)]))
-    return row._asdict() if row is not None else None
+        ).rowcount
+        if not moved:
+            return None
+        row = connection.execute(
+            select(*Message.__table__.columns).where(Message.id == message_id)
+        ).one()
+        tallies.apply(connection, tallies.transition_deltas([(row.tenant, old, new)]))
+    return row._asdict()

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app import mysql
 from app.extensions import db
 
 # The tenant of the messages stored before tenants existed, and of the development key.
@@ -28,6 +29,8 @@ TENANT_LENGTH = 64
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Databases whose timestamps keep no zone: values are stored there as naive UTC.
+_ZONELESS = frozenset({"sqlite", *mysql.DIALECTS})
 
 
 class MessageStatus(StrEnum):
@@ -43,7 +46,7 @@ class MessageStatus(StrEnum):
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored in UTC and always read back timezone-aware.
 
-    SQLite keeps no zone, so values are normalised to naive UTC on the way in.
+    SQLite and MySQL keep no zone, so there values are normalised to naive UTC on the way in.
     """
 
     impl = DateTime(timezone=True)
@@ -53,7 +56,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in _ZONELESS else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:

@@ -13,6 +13,13 @@ through the bind processor of the column type as the dialect implements it
 (on SQLite, SQLAlchemy's own text format), once per transaction, so they are
 stored exactly as SQLAlchemy stores them elsewhere. Every other write keeps to
 SQLAlchemy.
+
+Each message is its own single-row INSERT, which gives its id back: through
+``RETURNING`` where the database has it (SQLite, PostgreSQL), else from the
+driver's ``lastrowid`` (MySQL and MariaDB: ``LAST_INSERT_ID()`` of that one
+row). A multi-row INSERT would save round trips, but MySQL's default
+auto-increment lock mode ("interleaved") does not promise its ids are
+consecutive, so they could not be told from another process's.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 from sqlalchemy.engine import Dialect
 
-from app import tallies
+from app import mysql, tallies
 from app.models import Message, MessageStatus, Tally, UTCDateTime
 
 PENDING = MessageStatus.PENDING
@@ -38,12 +45,13 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
         table, tally = Message.__tablename__, Tally.__tablename__
+        self.returning = not mysql.is_mysql(dialect)
         # Table names are the models' own and every value is a bound parameter: no injection.
         self.insert = (
             f"INSERT INTO {table}"  # nosec B608
             " (tenant, content, status, attempts, created_at, updated_at, available_at, deliver_at)"
-            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}, {mark}) RETURNING id"
-        )
+            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}, {mark})"
+        ) + (" RETURNING id" if self.returning else "")
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark}"  # nosec B608
             f" WHERE tenant = {mark} AND name = {mark} AND shard = {mark}"
@@ -88,7 +96,7 @@ def insert(
                 available = statements.timestamp(max(now, delivery))
                 timing = (stored_now, stored_now, available, statements.timestamp(delivery))
             cursor.execute(statements.insert, (tenant, content, *timing))
-            ids.append(cursor.fetchone()[0])
+            ids.append(cursor.fetchone()[0] if statements.returning else cursor.lastrowid)
         shard = tallies.random_shard()
         for tenant, count in sorted(Counter(tenant for tenant, _ in items).items()):
             cursor.execute(statements.add_to_tally, (count, tenant, PENDING.value, shard))
