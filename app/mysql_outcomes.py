@@ -78,8 +78,9 @@ def _statement(
     assignments = [f"m.status = '{status}'", "m.updated_at = %s", "m.lease_expires_at = NULL"]
     assignments += [f"m.{column} = %s" for column in stamped]
     assignments += [f"m.{column} = o.{column}" for column in from_rows]
+    # The table, columns and statuses are the model's own; every value is a bound parameter.
     return (
-        f"UPDATE {Message.__tablename__} AS m JOIN ({batch}) AS o"
+        f"UPDATE {Message.__tablename__} AS m JOIN ({batch}) AS o"  # nosec B608
         " ON m.id = o.id AND m.attempts = o.attempts"
         f" SET {', '.join(assignments)} WHERE m.status = '{PROCESSING}'"
     )
