@@ -120,10 +120,13 @@ def stack(
 
 
 both_databases = pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)
+# The faults whose outcome rests on the database's locking (claims, recovery, released
+# claims, concurrent writers) run on MySQL too; the others test the worker, not the database.
+every_database = pytest.mark.parametrize("stack", ["sqlite", "postgresql", "mysql"], indirect=True)
 sqlite_only = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 
 
-@both_databases
+@every_database
 def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     stack: FaultStack,
 ) -> None:
@@ -161,7 +164,7 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     assert recoveries > 0
 
 
-@both_databases
+@every_database
 def test_redis_flushed_and_restarted_empty_mid_run(stack: FaultStack) -> None:
     count = 2000
     stack.start_worker()
@@ -175,7 +178,7 @@ def test_redis_flushed_and_restarted_empty_mid_run(stack: FaultStack) -> None:
     assert stack.processed_completed() == count
 
 
-@both_databases
+@every_database
 def test_messages_created_while_broker_is_down_complete_after_it_returns(
     stack: FaultStack,
 ) -> None:
@@ -231,7 +234,7 @@ def test_sigterm_lets_every_message_in_flight_finish(stack: FaultStack) -> None:
     assert {(body["status"], body["attempts"]) for body in bodies} == {("completed", 1)}
 
 
-@both_databases
+@every_database
 def test_sigterm_gives_back_what_outlasts_the_grace(stack: FaultStack) -> None:
     stack.env["N3HUB_SHUTDOWN_GRACE"] = "0.5"
     worker = stack.start_worker(concurrency=1)
@@ -278,7 +281,7 @@ def http_post(port: int, key: str, content: str) -> int:
         return response.status
 
 
-@both_databases
+@every_database
 def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -> None:
     web, port = stack.start_web(workers=4)
     stack.start_worker("w1")
