@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -351,8 +351,8 @@ def normalise_database_url(raw: str) -> str:
     drivername = _DRIVERS.get(scheme, scheme)
     if drivername not in _SUPPORTED_DRIVERS:
         raise ConfigError(
-            f"DATABASE_URL uses {scheme!r}, which N3Hub does not support;"
-            f" it runs on {SUPPORTED_DATABASES}"
+            f"DATABASE_URL={_without_password(raw)!r} uses {scheme!r}, which N3Hub does not"
+            f" support; it runs on {SUPPORTED_DATABASES}"
         )
     if drivername.endswith("+pymysql"):
         # Anything narrower than utf8mb4 cannot hold every message (emoji).
@@ -362,6 +362,14 @@ def normalise_database_url(raw: str) -> str:
         ]
         rest = f"{location}?{urlencode([*options, ('charset', 'utf8mb4')])}"
     return f"{drivername}://{rest}"
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit for a log line: its password, if any, as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
