@@ -267,7 +267,7 @@ class AttemptOut(TypedDict):
     error: Annotated[str | None, Field(description="Why it did not complete (500 characters).")]
     worker: Annotated[
         str | None,
-        Field(description="The worker process that held it, host:pid.", examples=["web-1:4242"]),
+        Field(description="The worker process that held it, host:pid.", examples=["worker-1:4242"]),
     ]
 
 
