@@ -246,6 +246,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: claim again at once)", minimum=0),
     Setting("N3HUB_MAX_ATTEMPTS", "MAX_ATTEMPTS", Kind.INTEGER, 5,
             "attempts before a message is `failed`", minimum=1),
+    Setting("N3HUB_ATTEMPTS_KEPT", "ATTEMPTS_KEPT", Kind.INTEGER, 20,
+            "attempts kept in each message's history (`GET /messages/<id>/attempts`), "
+            "the newest", minimum=1, maximum=1000),
     Setting("N3HUB_RETRY_BASE_DELAY", "RETRY_BASE_DELAY", Kind.SECONDS, 1.0,
             "seconds before the first retry of a transient failure; doubles each time",
             minimum=0),

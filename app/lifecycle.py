@@ -8,7 +8,8 @@ a claim is written only while the row is still ``processing`` with the same
 ``attempts``: the attempt number is the fencing token that stops a late
 finisher from overwriting a newer claim. Claims that outlive their lease are
 taken back by :func:`recover_expired_leases`, which counts them as attempts, so a
-message that kills its worker every time still ends ``failed``.
+message that kills its worker every time still ends ``failed``. Every attempt
+that ends is recorded (:mod:`app.attempts`) in the transaction of its outcome.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,9 +27,17 @@ from sqlalchemy import Select, Update, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app import mysql, mysql_outcomes, pending_rows, tallies
+from app import attempts, mysql, mysql_outcomes, pending_rows, tallies
+from app.attempts import Ended
 from app.database import driver_write_transaction, read_connection, write_transaction
-from app.models import DEFAULT_TENANT, IdempotencyKey, Message, MessageStatus, UTCDateTime
+from app.models import (
+    DEFAULT_TENANT,
+    AttemptOutcome,
+    IdempotencyKey,
+    Message,
+    MessageStatus,
+    UTCDateTime,
+)
 
 PENDING = MessageStatus.PENDING
 # A message that lost its worker this often may be what kills it: it runs alone from then on.
@@ -39,6 +48,7 @@ PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED
 CANCELLED = MessageStatus.CANCELLED
+RECOVERED = AttemptOutcome.RECOVERED
 
 
 def utcnow() -> datetime:
@@ -65,6 +75,8 @@ class Outcome:
     result: Any = None
     error: str | None = None
     permanent: bool = False
+    timed_out: bool = False  # it overran the time limit and was given up
+    ended_at: datetime = field(default_factory=utcnow)  # when the run ended, not the write
 
     @property
     def succeeded(self) -> bool:
@@ -311,13 +323,15 @@ _CLAIMED_COLUMNS = (
     Message.created_at,
     Message.tenant,
 )
-# What a claim sets; each call only binds ``m_now``, ``m_limit``, ``m_lease`` (and MySQL ``m_ids``).
+# What a claim sets: each call binds ``m_now``, ``m_limit``, ``m_lease`` and ``m_worker``
+# (and on MySQL ``m_ids``).
 _CLAIMED_VALUES = {
     "status": PROCESSING,
     "attempts": Message.attempts + 1,
     "started_at": bindparam("m_now", type_=UTCDateTime()),
     "updated_at": bindparam("m_now", type_=UTCDateTime()),
     "lease_expires_at": bindparam("m_lease", type_=UTCDateTime()),
+    "claimed_by": bindparam("m_worker"),
 }
 
 
@@ -360,13 +374,9 @@ _claim_locked = (
 
 
 def _claim_with(
-    connection: Connection,
-    statements: _ClaimStatements,
-    now: datetime,
-    lease_until: datetime,
-    limit: int,
+    connection: Connection, statements: _ClaimStatements, claim: dict[str, Any], limit: int
 ) -> list[ClaimedMessage]:
-    values = {"m_now": now, "m_limit": limit, "m_lease": lease_until}
+    values = {**claim, "m_limit": limit}
     if not mysql.is_mysql(connection.dialect):
         claimed = [ClaimedMessage(*row) for row in connection.execute(statements.update, values)]
     else:
@@ -399,10 +409,14 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
     busy one is told it waits.
     """
     now = utcnow()
-    lease_until = now + timedelta(seconds=lease_seconds)
+    claim = {
+        "m_now": now,
+        "m_lease": now + timedelta(seconds=lease_seconds),
+        "m_worker": attempts.worker_name(),
+    }
     with write_transaction() as connection:
         if idle:
-            lone = _claim_with(connection, _claim_after_lost_worker, now, lease_until, 1)
+            lone = _claim_with(connection, _claim_after_lost_worker, claim, 1)
             if lone:
                 tallies.apply(connection, _claimed(lone))
                 return Claim(lone, alone=True)
@@ -410,9 +424,9 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
             lone_due = _due(retried=True, now=now, alone=True).limit(1)
             if connection.execute(lone_due).first() is not None:
                 return Claim([], alone_waiting=True)
-        claimed = _claim_with(connection, _claim_retried_safely, now, lease_until, limit)
+        claimed = _claim_with(connection, _claim_retried_safely, claim, limit)
         if len(claimed) < limit:
-            claimed += _claim_with(connection, _claim_new, now, lease_until, limit - len(claimed))
+            claimed += _claim_with(connection, _claim_new, claim, limit - len(claimed))
         tallies.apply(connection, _claimed(claimed))
     return Claim(claimed)
 
@@ -486,6 +500,14 @@ def _write_outcomes(
     return connection.execute(_OUTCOME_STATEMENTS[status], rows).rowcount
 
 
+# How an attempt that ran to its end is recorded, by where it sent its message.
+_ATTEMPT_OUTCOMES = {
+    COMPLETED: AttemptOutcome.COMPLETED,
+    FAILED: AttemptOutcome.FAILED,
+    PENDING: AttemptOutcome.RETRIED,
+}
+
+
 def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     """Write the outcomes of one claim in one transaction, skipping rows no longer ours."""
     if not outcomes:
@@ -493,6 +515,7 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     now = utcnow()
     # One executemany per (status, tenant): its row count is how many of that tenant's moved.
     rows: dict[tuple[MessageStatus, str], list[dict[str, Any]]] = {}
+    ended: list[Ended] = []
     # In id order: each statement then locks its rows in that order. Two finishers of the
     # same claims (a stale one and its successor) may still meet in another order on
     # PostgreSQL; the deadlock error that follows is transient, and the drain retries.
@@ -507,7 +530,10 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
         if status == PENDING:
             row["m_available"] = now + timedelta(seconds=policy.delay(message.attempts))
         rows.setdefault((status, message.tenant), []).append(row)
+        how = AttemptOutcome.TIMED_OUT if outcome.timed_out else _ATTEMPT_OUTCOMES[status]
+        ended.append(Ended(message.id, message.attempts, how, outcome.error, outcome.ended_at))
     with write_transaction() as connection:
+        attempts.record(connection, ended)
         moved = Counter(
             {
                 (tenant, status): _write_outcomes(connection, status, group)
@@ -574,7 +600,9 @@ def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
     now = utcnow()
     # One executemany per tenant: its row count is how many of that tenant's were released.
     rows: dict[str, list[dict[str, Any]]] = {}
+    ended: list[Ended] = []
     for m in sorted(messages, key=lambda message: message.id):
+        ended.append(Ended(m.id, m.attempts, AttemptOutcome.RELEASED, reason, now))
         rows.setdefault(m.tenant, []).append(
             {
                 "m_id": m.id,
@@ -585,6 +613,7 @@ def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
             }
         )
     with write_transaction() as connection:
+        attempts.record(connection, ended)
         released = Counter(
             {
                 (tenant, PENDING): _write_outcomes(connection, PENDING, group)
@@ -611,10 +640,19 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        for message_id, attempts, tenant in expired:
-            reason = f"worker lost during attempt {attempts} (lease expired)"
-            claim = {"m_id": message_id, "m_attempts": attempts, "m_error": reason, "m_now": now}
-            if policy.exhausted(attempts):
+        lost = [
+            Ended(id_, n, RECOVERED, f"worker lost during attempt {n} (lease expired)", now)
+            for id_, n, _ in expired
+        ]
+        attempts.record(connection, lost)
+        for (_, _, tenant), attempt in zip(expired, lost, strict=True):
+            claim = {
+                "m_id": attempt.message_id,
+                "m_attempts": attempt.number,
+                "m_error": attempt.error,
+                "m_now": now,
+            }
+            if policy.exhausted(attempt.number):
                 connection.execute(_fail, [claim])
                 moves[tenant, FAILED] += 1
             else:

@@ -38,7 +38,7 @@ from app.auth.keys import Scope, create_key
 from app.config import SETTINGS, load_config
 from app.database import write_transaction
 from app.extensions import db
-from app.models import IdempotencyKey, Message, Tally
+from app.models import IdempotencyKey, Message, MessageAttempt, Tally
 from tests.support.polling import wait_for
 from tests.support.processes import (
     ManagedProcess,
@@ -289,9 +289,10 @@ def statements_run(app: Flask) -> Iterator[list[str]]:
 
 
 def reset_database(app: Flask) -> None:
-    """Remove every message and idempotency key, and zero the tallies."""
+    """Remove every message, its attempts and idempotency key, and zero the tallies."""
     with app.app_context(), write_transaction() as connection:
         connection.execute(delete(IdempotencyKey))
+        connection.execute(delete(MessageAttempt))
         connection.execute(delete(Message))
         connection.execute(delete(IdempotencyKey))
         connection.execute(update(Tally).values(value=0))

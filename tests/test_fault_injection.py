@@ -90,6 +90,9 @@ class FaultStack:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             return list(pool.map(post, contents))
 
+    def attempts(self, message_id: int) -> list[dict]:
+        return self.client.get(f"/messages/{message_id}/attempts").get_json()["attempts"]
+
     def wait_all_completed(self, count: int, timeout: float = 90) -> dict[str, int]:
         def done() -> dict[str, int] | None:
             stats = self.stats()
@@ -203,6 +206,9 @@ def test_poison_message_ends_failed_and_spares_its_batch(stack: FaultStack) -> N
     assert poison["attempts"] == int(stack.env["N3HUB_MAX_ATTEMPTS"])
     assert "lease expired" in poison["last_error"]
     assert [body for body in bodies if body["status"] != "completed"] == []
+    lost = stack.attempts(poison["id"])
+    assert [a["outcome"] for a in lost] == ["recovered"] * poison["attempts"]
+    assert all(a["worker"] for a in lost)  # the pool process that died, not the sweeper
 
 
 @both_databases
@@ -247,6 +253,8 @@ def test_sigterm_gives_back_what_outlasts_the_grace(stack: FaultStack) -> None:
         body = stack.client.get(f"/messages/{message_id}").get_json()
         assert (body["status"], body["attempts"]) == ("pending", 1)
         assert "worker stopped during attempt" in body["last_error"]
+        [released] = stack.attempts(message_id)
+        assert (released["outcome"], released["error"]) == ("released", body["last_error"])
 
 
 @sqlite_only
@@ -362,6 +370,9 @@ def test_an_overrun_is_a_failed_attempt_retried_with_backoff(stack: FaultStack) 
     assert (body["status"], body["attempts"]) == ("failed", 2)
     assert body["last_error"] == "TimeoutError: processing took longer than 1s"
     assert statuses_and_attempts(stack, others) == {("completed", 1)}
+    timed_out = stack.attempts(overrun)
+    assert [(a["number"], a["outcome"]) for a in timed_out] == [(1, "timed_out"), (2, "timed_out")]
+    assert all(a["duration_seconds"] >= 1 for a in timed_out)
 
 
 @sqlite_only

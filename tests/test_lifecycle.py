@@ -374,7 +374,9 @@ def test_claims_use_the_claim_index_even_with_stale_statistics(
         connection.execute(update(Message).values(status="completed", attempts=1))
         compiled = statement(connection.dialect).compile(dialect=connection.dialect)
         now = lifecycle.utcnow().replace(tzinfo=None).isoformat(sep=" ")
-        values = compiled.construct_params({"m_now": now, "m_limit": 200, "m_lease": now})
+        values = compiled.construct_params(
+            {"m_now": now, "m_limit": 200, "m_lease": now, "m_worker": "host:1"}
+        )
         explain = "EXPLAIN QUERY PLAN" if connection.dialect.name == "sqlite" else "EXPLAIN"
         if compiled.positiontup is not None:  # SQLite's qmark style
             values = tuple(values[name] for name in compiled.positiontup)
