@@ -12,12 +12,13 @@ saying how many did.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection
 
+from app import driver_sql
 from app.models import Message, MessageStatus
 
 PROCESSING = MessageStatus.PROCESSING
@@ -47,23 +48,12 @@ def record_outcomes(
     return connection.exec_driver_sql(sql, tuple(parameters)).rowcount
 
 
-_binders_by_dialect: dict[str, dict[str, Callable[[Any], Any]]] = {}
-
-
-def _binders(dialect: Dialect) -> dict[str, Callable[[Any], Any]]:
-    """Each column's bind processing (JSON serialised, timestamps as naive UTC)."""
-    binders = _binders_by_dialect.get(dialect.name)
-    if binders is None:  # two threads may both build it; either result is the same
-        binders = {
-            column.name: column.type.dialect_impl(dialect).bind_processor(dialect) or _unchanged
-            for column in Message.__table__.columns
-        }
-        _binders_by_dialect[dialect.name] = binders
-    return binders
-
-
-def _unchanged(value: Any) -> Any:
-    return value
+# Each column's bind processing (JSON serialised, timestamps as naive UTC).
+_binders = driver_sql.per_dialect(
+    lambda dialect: {
+        column.name: driver_sql.binder(column.type, dialect) for column in Message.__table__.columns
+    }
+)
 
 
 @lru_cache(maxsize=64)

@@ -25,14 +25,14 @@ consecutive, so they could not be told from another process's.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 
-from app import mysql, tallies
-from app.models import Message, MessageStatus, Tally, UTCDateTime
+from app import driver_sql, mysql, tallies
+from app.models import Message, MessageStatus, Tally
 
 PENDING = MessageStatus.PENDING
 # Every column of a message, in table order: those a new message does not set stay NULL.
@@ -43,7 +43,7 @@ class _Statements:
     """The insert and tally SQL in one dialect's parameter style."""
 
     def __init__(self, dialect: Dialect) -> None:
-        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
+        mark = driver_sql.mark(dialect)
         table, tally = Message.__tablename__, Tally.__tablename__
         self.returning = not mysql.is_mysql(dialect)
         # Table names are the models' own and every value is a bound parameter: no injection.
@@ -56,20 +56,10 @@ class _Statements:
             f"UPDATE {tally} SET value = value + {mark}"  # nosec B608
             f" WHERE tenant = {mark} AND name = {mark} AND shard = {mark}"
         )
-        column = UTCDateTime().dialect_impl(dialect)
-        self.timestamp: Callable[[datetime], Any] = column.bind_processor(dialect) or (
-            lambda value: value
-        )
+        self.timestamp = driver_sql.timestamp(dialect)
 
 
-_statements: dict[str, _Statements] = {}
-
-
-def _for(dialect: Dialect) -> _Statements:
-    statements = _statements.get(dialect.name)
-    if statements is None:  # two threads may both build it; either result is the same
-        statements = _statements.setdefault(dialect.name, _Statements(dialect))
-    return statements
+_for = driver_sql.per_dialect(_Statements)
 
 
 def insert(

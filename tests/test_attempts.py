@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,12 +18,16 @@ from app.auth.keys import Scope
 from app.database import read_connection, write_transaction
 from app.lifecycle import Outcome, RetryPolicy
 from app.models import Message, MessageAttempt, MessageStatus
-from tests.conftest import keyed_client, make_api_key
+from tests.conftest import keyed_client, make_api_key, on_every_database
 from tests.test_console import log_in
 from tests.test_processing import create, wait_settled
 
 POLICY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)
-isolated = pytest.mark.usefixtures("isolated_app")
+
+
+def isolated(test: Callable[..., None]) -> Callable[..., None]:
+    """A test on a database of its own, run on each database (MySQL too: the SQL differs)."""
+    return on_every_database("fresh_database_url")(pytest.mark.usefixtures("isolated_app")(test))
 
 
 def claim() -> dict[int, lifecycle.ClaimedMessage]:
@@ -113,6 +118,18 @@ def test_only_the_newest_attempts_are_kept_across_retries(isolated_app: Flask) -
 
 
 @isolated
+def test_a_batch_trims_each_of_its_messages_to_the_newest_kept(isolated_app: Flask) -> None:
+    isolated_app.config["ATTEMPTS_KEPT"] = 2
+    ids = [row["id"] for row in lifecycle.create_messages(["a", "b", "c"])]
+    for _ in range(3):
+        claimed = claim()
+        assert sorted(claimed) == ids
+        outcomes = [Outcome(message, error="E: again") for message in claimed.values()]
+        lifecycle.finish_batch(outcomes, POLICY)
+    assert [history(i) for i in ids] == [[(2, "retried"), (3, "failed")]] * 3
+
+
+@isolated
 def test_retention_deletes_a_message_with_its_attempts() -> None:
     message_id = lifecycle.create_message("x")[0]["id"]
     lifecycle.finish_batch([Outcome(claim()[message_id], result=1)], POLICY)
@@ -180,6 +197,7 @@ def test_the_console_shows_a_messages_attempts(app: Flask, client: FlaskClient) 
     assert "completed" in rows[1] and attempts.worker_name() in rows[1]
 
 
+@on_every_database("worker_database_url")
 def test_a_worker_records_the_attempts_it_runs(
     worker_app: Flask, worker_client: FlaskClient
 ) -> None:

@@ -195,7 +195,7 @@ def test_messages_created_while_broker_is_down_complete_after_it_returns(
     assert stats["completed"] == 50
 
 
-@both_databases
+@every_database
 def test_poison_message_ends_failed_and_spares_its_batch(stack: FaultStack) -> None:
     stack.start_worker()
     ids = stack.create(["crash poison" if i == 3 else f"healthy {i}" for i in range(20)], 1)

@@ -8,6 +8,8 @@ Create Date: 2026-11-30
 import sqlalchemy as sa
 from alembic import op
 
+from app.mysql import TIMESTAMP, table_options
+
 revision = "attempts_0001"
 down_revision = "operators_0001"
 branch_labels = None
@@ -22,7 +24,6 @@ def upgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(WORKER_LENGTH)))
     big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-    timestamp = sa.DateTime(timezone=True)
     op.create_table(
         "message_attempts",
         sa.Column("id", big_id, primary_key=True),
@@ -33,8 +34,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("number", sa.Integer(), nullable=False),
-        sa.Column("started_at", timestamp, nullable=False),
-        sa.Column("ended_at", timestamp, nullable=False),
+        sa.Column("started_at", TIMESTAMP, nullable=False),
+        sa.Column("ended_at", TIMESTAMP, nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("error", sa.Text()),
         sa.Column("worker", sa.String(WORKER_LENGTH)),
@@ -42,6 +43,7 @@ def upgrade() -> None:
             "outcome IN ({})".format(", ".join(f"'{outcome}'" for outcome in OUTCOMES)),
             name="ck_message_attempts_outcome",
         ),
+        **table_options(op.get_bind()),
     )
     op.create_index(
         "ix_message_attempts_message_id_id", "message_attempts", ["message_id", "id"]
