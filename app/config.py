@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -183,8 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLASK_DEBUG", "DEBUG", Kind.FLAG, False,
             "Werkzeug debugger for `python run.py` (ignored in production)"),
     Setting("DATABASE_URL", "SQLALCHEMY_DATABASE_URI", Kind.URL, DEFAULT_DATABASE_URL,
-            "any SQLAlchemy URL; `postgres://…` and `postgresql://…` are read as "
-            "`postgresql+psycopg://…`",
+            "`sqlite://…`, `postgresql://…` (read as `postgresql+psycopg://…`) or `mysql://…` "
+            "(read as `mysql+pymysql://…?charset=utf8mb4`; MySQL 8.0.1+, MariaDB 10.6+); "
+            "any other database is refused at start",
             shown_default="`sqlite:///<repo>/instance/messages.db`"),
     Setting("CELERY_BROKER_URL", "CELERY_BROKER_URL", Kind.URL, DEFAULT_BROKER_URL,
             "Celery broker (Redis; `amqp://…` works too)"),
@@ -244,6 +246,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: claim again at once)", minimum=0),
     Setting("N3HUB_MAX_ATTEMPTS", "MAX_ATTEMPTS", Kind.INTEGER, 5,
             "attempts before a message is `failed`", minimum=1),
+    Setting("N3HUB_ATTEMPTS_KEPT", "ATTEMPTS_KEPT", Kind.INTEGER, 20,
+            "attempts kept in each message's history (`GET /messages/<id>/attempts`), "
+            "the newest", minimum=1, maximum=1000),
     Setting("N3HUB_RETRY_BASE_DELAY", "RETRY_BASE_DELAY", Kind.SECONDS, 1.0,
             "seconds before the first retry of a transient failure; doubles each time",
             minimum=0),
@@ -325,12 +330,49 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 
-def normalise_database_url(url: str) -> str:
-    """Point plain ``postgres://`` and ``postgresql://`` URLs at the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+# The databases N3Hub runs on, each through the driver pinned in requirements.txt.
+SUPPORTED_DATABASES = (
+    "sqlite://, postgresql:// (psycopg) and mysql:// (PyMySQL; MySQL 8.0.1+, MariaDB 10.6+)"
+)
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_SUPPORTED_DRIVERS = {"sqlite", "sqlite+pysqlite", *_DRIVERS.values()}
+
+
+def normalise_database_url(raw: str) -> str:
+    """Point a database URL at the pinned driver, or refuse a database N3Hub does not support.
+
+    ``postgresql://`` becomes ``postgresql+psycopg://`` and ``mysql://``
+    ``mysql+pymysql://``; MySQL and MariaDB connections always speak ``utf8mb4``.
+    """
+    scheme, _, rest = raw.partition("://")
+    drivername = _DRIVERS.get(scheme, scheme)
+    if drivername not in _SUPPORTED_DRIVERS:
+        raise ConfigError(
+            f"DATABASE_URL={_without_password(raw)!r} uses {scheme!r}, which N3Hub does not"
+            f" support; it runs on {SUPPORTED_DATABASES}"
+        )
+    if drivername.endswith("+pymysql"):
+        # Anything narrower than utf8mb4 cannot hold every message (emoji).
+        location, _, query = rest.partition("?")
+        options = [
+            pair for pair in parse_qsl(query, keep_blank_values=True) if pair[0] != "charset"
+        ]
+        rest = f"{location}?{urlencode([*options, ('charset', 'utf8mb4')])}"
+    return f"{drivername}://{rest}"
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit for a log line: its password, if any, as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:

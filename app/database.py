@@ -9,6 +9,8 @@ SQLite's own busy handler polls with sleeps of up to 100 ms, which under
 contention leaves the database idle while writers sleep; a kernel lock hands
 over at once (waited for off the event loop under gevent: :mod:`app.cooperative`).
 Pooled connections are dropped in forked children (Gunicorn, Celery prefork).
+What MySQL and MariaDB need besides (isolation, the server check, the
+migration lock) is in :mod:`app.mysql`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 from flask import Flask, current_app
 from flask_migrate import upgrade
 from sqlalchemy import Engine, event
@@ -33,7 +36,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app import tallies
+from app import mysql, tallies
 from app.cooperative import call_blocking
 from app.extensions import db, migrate
 
@@ -74,9 +77,7 @@ def init_app(app: Flask) -> None:
     url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         _create_private(Path(url.database))
-    # A network database may drop idle connections; a local SQLite file cannot.
-    pre_ping = url.get_backend_name() != "sqlite"
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": pre_ping})
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(url.get_backend_name()))
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     with app.app_context():
@@ -85,6 +86,9 @@ def init_app(app: Flask) -> None:
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine, app.config)
         try:
+            if mysql.is_mysql(engine.dialect):
+                with engine.connect() as connection:
+                    mysql.check_server(connection)
             if app.config["AUTO_MIGRATE"]:
                 upgrade_schema()
             with engine.connect() as connection:
@@ -92,6 +96,13 @@ def init_app(app: Flask) -> None:
         finally:
             # Leave no pooled connection behind for a process that forks after this.
             engine.dispose()
+
+
+def _engine_options(backend: str) -> dict[str, Any]:
+    if backend in mysql.DIALECTS:
+        return mysql.engine_options()
+    # A network database may drop idle connections; a local SQLite file cannot.
+    return {"pool_pre_ping": backend != "sqlite"}
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
@@ -237,7 +248,14 @@ def is_transient_error(error: BaseException) -> bool:
     Knows SQLAlchemy's wrapped errors and the drivers' own, which
     :func:`driver_write_transaction` lets through.
     """
-    if isinstance(error, OperationalError | sqlite3.OperationalError | psycopg.OperationalError):
+    if isinstance(
+        error,
+        OperationalError
+        | sqlite3.OperationalError
+        | psycopg.OperationalError
+        | pymysql.OperationalError  # deadlock, lock wait timeout, lost connection
+        | pymysql.InterfaceError,  # the connection was already closed
+    ):
         return True
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
@@ -258,10 +276,23 @@ def is_busy_error(error: BaseException) -> bool:
     return code in _BUSY_MYSQL_CODES
 
 
-def lock_for_migration(connection: Connection) -> None:
-    """Serialise concurrent schema upgrades: web and worker processes start together."""
+@contextmanager
+def migration_lock(connection: Connection) -> Iterator[None]:
+    """Serialise concurrent schema upgrades: web and worker processes start together.
+
+    Taken before the migrations' transaction begins, which then continues the
+    one the lock statement opened. SQLite needs nothing: that transaction holds
+    the write lock from BEGIN. PostgreSQL's advisory lock ends with it; MySQL
+    commits each DDL statement at once, so there a named lock is held until the
+    transaction has committed the new revision.
+    """
+    if mysql.is_mysql(connection.dialect):
+        with mysql.migration_lock(connection):
+            yield
+        return
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+    yield
 
 
 def upgrade_schema() -> None:

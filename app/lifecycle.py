@@ -1,12 +1,15 @@
 """Every change of a message's status, each one a single guarded transaction.
 
 pending -> processing is a claim: one conditional UPDATE that increments
-``attempts`` and sets a lease, so a row is never claimed twice. The outcome of
+``attempts`` and sets a lease, so a row is never claimed twice (on MySQL and
+MariaDB, which lack ``UPDATE ... RETURNING``, a locking SELECT that skips locked
+rows and an UPDATE of those rows, in one transaction). The outcome of
 a claim is written only while the row is still ``processing`` with the same
 ``attempts``: the attempt number is the fencing token that stops a late
 finisher from overwriting a newer claim. Claims that outlive their lease are
 taken back by :func:`recover_expired_leases`, which counts them as attempts, so a
-message that kills its worker every time still ends ``failed``.
+message that kills its worker every time still ends ``failed``. Every attempt
+that ends is recorded (:mod:`app.attempts`) in the transaction of its outcome.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,9 +27,17 @@ from sqlalchemy import Select, Update, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app import pending_rows, tallies
+from app import attempts, mysql, mysql_outcomes, pending_rows, tallies
+from app.attempts import Ended
 from app.database import driver_write_transaction, read_connection, write_transaction
-from app.models import DEFAULT_TENANT, IdempotencyKey, Message, MessageStatus, UTCDateTime
+from app.models import (
+    DEFAULT_TENANT,
+    AttemptOutcome,
+    IdempotencyKey,
+    Message,
+    MessageStatus,
+    UTCDateTime,
+)
 
 PENDING = MessageStatus.PENDING
 # A message that lost its worker this often may be what kills it: it runs alone from then on.
@@ -38,6 +49,7 @@ PROCESSING = MessageStatus.PROCESSING
 COMPLETED = MessageStatus.COMPLETED
 FAILED = MessageStatus.FAILED
 CANCELLED = MessageStatus.CANCELLED
+RECOVERED = AttemptOutcome.RECOVERED
 
 
 def utcnow() -> datetime:
@@ -64,6 +76,8 @@ class Outcome:
     result: Any = None
     error: str | None = None
     permanent: bool = False
+    timed_out: bool = False  # it overran the time limit and was given up
+    ended_at: datetime = field(default_factory=utcnow)  # when the run ended, not the write
 
     @property
     def succeeded(self) -> bool:
@@ -258,9 +272,20 @@ def purge_expired_idempotency_keys(limit: int = 1000) -> int:
     """Delete up to ``limit`` expired idempotency keys; return how many."""
     now = utcnow()
     with write_transaction() as connection:
-        expired = select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+        # Two statements, not DELETE ... IN (SELECT ... LIMIT), which MySQL refuses.
+        keys = (
+            connection.execute(
+                select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        if not keys:
+            return 0
         return connection.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.key.in_(expired.scalar_subquery()))
+            delete(IdempotencyKey).where(
+                IdempotencyKey.key.in_(keys), IdempotencyKey.expires_at <= now
+            )
         ).rowcount
 
 
@@ -292,40 +317,78 @@ def _due(*, retried: bool, now: Any, alone: bool | None = None) -> Select[tuple[
     )
 
 
-def _claim_statement(*, retried: bool, alone: bool | None = None) -> Update:
-    """The claim UPDATE, built once: each call only binds ``m_now``, ``m_limit``, ``m_lease``."""
-    now = bindparam("m_now", type_=UTCDateTime())
+_CLAIMED_COLUMNS = (
+    Message.id,
+    Message.content,
+    Message.attempts,
+    Message.created_at,
+    Message.tenant,
+)
+# What a claim sets: each call binds ``m_now``, ``m_limit``, ``m_lease`` and ``m_worker``
+# (and on MySQL ``m_ids``).
+_CLAIMED_VALUES = {
+    "status": PROCESSING,
+    "attempts": Message.attempts + 1,
+    "started_at": bindparam("m_now", type_=UTCDateTime()),
+    "updated_at": bindparam("m_now", type_=UTCDateTime()),
+    "lease_expires_at": bindparam("m_lease", type_=UTCDateTime()),
+    "claimed_by": bindparam("m_worker"),
+}
+
+
+@dataclass(frozen=True)
+class _ClaimStatements:
+    """One kind of claim, built once: as an UPDATE ... RETURNING, and as MySQL's locking SELECT.
+
+    MySQL has no UPDATE ... RETURNING and refuses LIMIT in an IN subquery: there
+    the due rows are locked (skipping those another claim holds), then updated by
+    id in the same transaction, where nobody else can claim them.
+    """
+
+    update: Update
+    lock: Select[Any]
+
+
+def _claim_statements(*, retried: bool, alone: bool | None = None) -> _ClaimStatements:
     due = (
-        _due(retried=retried, now=now, alone=alone)
+        _due(retried=retried, now=bindparam("m_now", type_=UTCDateTime()), alone=alone)
         .limit(bindparam("m_limit"))
-        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite already holds the write lock
+        .with_for_update(skip_locked=True)  # PostgreSQL, MySQL; SQLite holds the write lock
     )
-    return (
-        update(Message)
+    return _ClaimStatements(
+        update=update(Message)
         .where(Message.id.in_(due.scalar_subquery()))
-        .values(
-            status=PROCESSING,
-            attempts=Message.attempts + 1,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=bindparam("m_lease", type_=UTCDateTime()),
-        )
-        .returning(
-            Message.id, Message.content, Message.attempts, Message.created_at, Message.tenant
-        )
+        .values(**_CLAIMED_VALUES)
+        .returning(*_CLAIMED_COLUMNS),
+        lock=due.with_only_columns(*_CLAIMED_COLUMNS),
     )
 
 
-_claim_new = _claim_statement(retried=False)
-_claim_after_lost_worker = _claim_statement(retried=True, alone=True)
-_claim_retried_safely = _claim_statement(retried=True, alone=False)
+_claim_new = _claim_statements(retried=False)
+_claim_after_lost_worker = _claim_statements(retried=True, alone=True)
+_claim_retried_safely = _claim_statements(retried=True, alone=False)
+_claim_locked = (
+    update(Message)
+    .where(Message.id.in_(bindparam("m_ids", expanding=True)))
+    .values(**_CLAIMED_VALUES)
+)
 
 
 def _claim_with(
-    connection: Connection, statement: Update, now: datetime, lease_until: datetime, limit: int
+    connection: Connection, statements: _ClaimStatements, claim: dict[str, Any], limit: int
 ) -> list[ClaimedMessage]:
-    rows = connection.execute(statement, {"m_now": now, "m_limit": limit, "m_lease": lease_until})
-    return sorted((ClaimedMessage(*row) for row in rows), key=lambda message: message.id)
+    values = {**claim, "m_limit": limit}
+    if not mysql.is_mysql(connection.dialect):
+        claimed = [ClaimedMessage(*row) for row in connection.execute(statements.update, values)]
+    else:
+        locked = connection.execute(statements.lock, values).all()
+        if locked:
+            connection.execute(_claim_locked, {**values, "m_ids": [row.id for row in locked]})
+        claimed = [
+            ClaimedMessage(row.id, row.content, row.attempts + 1, row.created_at, row.tenant)
+            for row in locked
+        ]
+    return sorted(claimed, key=lambda message: message.id)
 
 
 @dataclass(frozen=True)
@@ -347,10 +410,14 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
     busy one is told it waits.
     """
     now = utcnow()
-    lease_until = now + timedelta(seconds=lease_seconds)
+    claim = {
+        "m_now": now,
+        "m_lease": now + timedelta(seconds=lease_seconds),
+        "m_worker": attempts.worker_name(),
+    }
     with write_transaction() as connection:
         if idle:
-            lone = _claim_with(connection, _claim_after_lost_worker, now, lease_until, 1)
+            lone = _claim_with(connection, _claim_after_lost_worker, claim, 1)
             if lone:
                 tallies.apply(connection, _claimed(lone))
                 return Claim(lone, alone=True)
@@ -358,9 +425,9 @@ def claim_messages(limit: int, lease_seconds: float, *, idle: bool) -> Claim:
             lone_due = _due(retried=True, now=now, alone=True).limit(1)
             if connection.execute(lone_due).first() is not None:
                 return Claim([], alone_waiting=True)
-        claimed = _claim_with(connection, _claim_retried_safely, now, lease_until, limit)
+        claimed = _claim_with(connection, _claim_retried_safely, claim, limit)
         if len(claimed) < limit:
-            claimed += _claim_with(connection, _claim_new, now, lease_until, limit - len(claimed))
+            claimed += _claim_with(connection, _claim_new, claim, limit - len(claimed))
         tallies.apply(connection, _claimed(claimed))
     return Claim(claimed)
 
@@ -387,22 +454,59 @@ def _record_outcome(status: MessageStatus, **values: Any) -> Update:
     )
 
 
-_complete = _record_outcome(
-    COMPLETED,
-    result=bindparam("m_result", type_=Message.result.type),
-    completed_at=bindparam("m_now"),
-)
-_fail = _record_outcome(FAILED, last_error=bindparam("m_error"), completed_at=bindparam("m_now"))
-_retry_later = _record_outcome(
-    PENDING, last_error=bindparam("m_error"), available_at=bindparam("m_available")
-)
+@dataclass(frozen=True)
+class _OutcomeColumns:
+    """What ending a claim in one status writes besides the status itself."""
+
+    from_rows: Mapping[str, str]  # column -> the parameter holding each row's value
+    stamped: tuple[str, ...] = ()  # columns set to ``m_now``
+
+    def values(self) -> dict[str, Any]:
+        """The columns' values as bound parameters of :func:`_record_outcome`."""
+        table = Message.__table__
+        values = {
+            column: bindparam(key, type_=table.c[column].type)
+            for column, key in self.from_rows.items()
+        }
+        return values | {column: bindparam("m_now") for column in self.stamped}
+
+
+_OUTCOME_COLUMNS = {
+    COMPLETED: _OutcomeColumns({"result": "m_result"}, ("completed_at",)),
+    FAILED: _OutcomeColumns({"last_error": "m_error"}, ("completed_at",)),
+    PENDING: _OutcomeColumns({"last_error": "m_error", "available_at": "m_available"}),
+}
+_OUTCOME_STATEMENTS = {
+    status: _record_outcome(status, **columns.values())
+    for status, columns in _OUTCOME_COLUMNS.items()
+}
+_fail = _OUTCOME_STATEMENTS[FAILED]
 _take_back_from_lost_worker = _record_outcome(
     PENDING,
     last_error=bindparam("m_error"),
     available_at=bindparam("m_now"),
     worker_losses=Message.worker_losses + 1,
 )
-_OUTCOME_STATEMENTS = {COMPLETED: _complete, FAILED: _fail, PENDING: _retry_later}
+
+
+def _write_outcomes(
+    connection: Connection, status: MessageStatus, rows: list[dict[str, Any]]
+) -> int:
+    """End the claims in ``rows`` with ``status``; how many were still ours."""
+    if mysql.is_mysql(connection.dialect):
+        columns = _OUTCOME_COLUMNS[status]
+        return mysql_outcomes.record_outcomes(
+            connection, status, rows, columns.from_rows, columns.stamped
+        )
+    return connection.execute(_OUTCOME_STATEMENTS[status], rows).rowcount
+
+
+# How an attempt that ran to its end is recorded, by where it sent its message.
+_ATTEMPT_OUTCOMES = {
+    COMPLETED: AttemptOutcome.COMPLETED,
+    FAILED: AttemptOutcome.FAILED,
+    PENDING: AttemptOutcome.RETRIED,
+}
 
 
 def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
@@ -412,6 +516,7 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
     now = utcnow()
     # One executemany per (status, tenant): its row count is how many of that tenant's moved.
     rows: dict[tuple[MessageStatus, str], list[dict[str, Any]]] = {}
+    ended: list[Ended] = []
     # In id order: each statement then locks its rows in that order. Two finishers of the
     # same claims (a stale one and its successor) may still meet in another order on
     # PostgreSQL; the deadlock error that follows is transient, and the drain retries.
@@ -426,10 +531,13 @@ def finish_batch(outcomes: list[Outcome], policy: RetryPolicy) -> FinishReport:
         if status == PENDING:
             row["m_available"] = now + timedelta(seconds=policy.delay(message.attempts))
         rows.setdefault((status, message.tenant), []).append(row)
+        how = AttemptOutcome.TIMED_OUT if outcome.timed_out else _ATTEMPT_OUTCOMES[status]
+        ended.append(Ended(message.id, message.attempts, how, outcome.error, outcome.ended_at))
     with write_transaction() as connection:
+        attempts.record(connection, ended)
         moved = Counter(
             {
-                (tenant, status): connection.execute(_OUTCOME_STATEMENTS[status], group).rowcount
+                (tenant, status): _write_outcomes(connection, status, group)
                 for (status, tenant), group in sorted(rows.items())
             }
         )
@@ -493,7 +601,9 @@ def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
     now = utcnow()
     # One executemany per tenant: its row count is how many of that tenant's were released.
     rows: dict[str, list[dict[str, Any]]] = {}
+    ended: list[Ended] = []
     for m in sorted(messages, key=lambda message: message.id):
+        ended.append(Ended(m.id, m.attempts, AttemptOutcome.RELEASED, reason, now))
         rows.setdefault(m.tenant, []).append(
             {
                 "m_id": m.id,
@@ -504,9 +614,10 @@ def release_claims(messages: list[ClaimedMessage], reason: str) -> int:
             }
         )
     with write_transaction() as connection:
+        attempts.record(connection, ended)
         released = Counter(
             {
-                (tenant, PENDING): connection.execute(_retry_later, group).rowcount
+                (tenant, PENDING): _write_outcomes(connection, PENDING, group)
                 for tenant, group in sorted(rows.items())
             }
         )
@@ -530,10 +641,19 @@ def recover_expired_leases(policy: RetryPolicy, limit: int = 1000) -> Counter[st
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        for message_id, attempts, tenant in expired:
-            reason = f"worker lost during attempt {attempts} (lease expired)"
-            claim = {"m_id": message_id, "m_attempts": attempts, "m_error": reason, "m_now": now}
-            if policy.exhausted(attempts):
+        lost = [
+            Ended(id_, n, RECOVERED, f"worker lost during attempt {n} (lease expired)", now)
+            for id_, n, _ in expired
+        ]
+        attempts.record(connection, lost)
+        for (_, _, tenant), attempt in zip(expired, lost, strict=True):
+            claim = {
+                "m_id": attempt.message_id,
+                "m_attempts": attempt.number,
+                "m_error": attempt.error,
+                "m_now": now,
+            }
+            if policy.exhausted(attempt.number):
                 connection.execute(_fail, [claim])
                 moves[tenant, FAILED] += 1
             else:
@@ -646,12 +766,16 @@ def _move(
 ) -> dict[str, Any] | None:
     """Move one message from ``old`` to ``new`` with its tallies; None if it was not ``old``."""
     with write_transaction() as connection:
-        row = connection.execute(
+        # UPDATE, then read the row it locked: MySQL has no UPDATE ... RETURNING.
+        moved = connection.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == old)
             .values(status=new, updated_at=now, **values)
-            .returning(*Message.__table__.columns)
-        ).one_or_none()
-        if row is not None:
-            tallies.apply(connection, tallies.transition_deltas([(row.tenant, old, new)]))
-    return row._asdict() if row is not None else None
+        ).rowcount
+        if not moved:
+            return None
+        row = connection.execute(
+            select(*Message.__table__.columns).where(Message.id == message_id)
+        ).one()
+        tallies.apply(connection, tallies.transition_deltas([(row.tenant, old, new)]))
+    return row._asdict()

@@ -1,4 +1,5 @@
-"""Database schema: messages, the tallies that keep counts cheap, API keys, worker activity."""
+"""Database schema: messages, their attempts, the tallies that keep counts cheap, API keys,
+worker activity."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -20,14 +22,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app import mysql
 from app.extensions import db
 
 # The tenant of the messages stored before tenants existed, and of the development key.
 DEFAULT_TENANT = "default"
 TENANT_LENGTH = 64
+# A worker's name, host:pid (a host name is at most 253 characters).
+WORKER_LENGTH = 270
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Databases whose timestamps keep no zone: values are stored there as naive UTC.
+_ZONELESS = frozenset({"sqlite", *mysql.DIALECTS})
 
 
 class MessageStatus(StrEnum):
@@ -43,7 +50,7 @@ class MessageStatus(StrEnum):
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored in UTC and always read back timezone-aware.
 
-    SQLite keeps no zone, so values are normalised to naive UTC on the way in.
+    SQLite and MySQL keep no zone, so there values are normalised to naive UTC on the way in.
     """
 
     impl = DateTime(timezone=True)
@@ -53,7 +60,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in _ZONELESS else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
@@ -88,6 +95,8 @@ class Message(db.Model):
         Integer, nullable=False, default=0, server_default="0"
     )
     result: Mapped[Any | None] = mapped_column(JSON)
+    # The worker (host:pid) of the last claim: a lost worker's attempt is recorded under it.
+    claimed_by: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
     # Whose message it is: the tenant of the API key that created it.
     tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), nullable=False)
 
@@ -106,6 +115,45 @@ class Message(db.Model):
         Index("ix_messages_status_attempts_id", "status", "attempts", "id"),
         # Serves the sweep's look-ahead: when the next scheduled or backed-off message is due.
         Index("ix_messages_status_available_at", "status", "available_at"),
+    )
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # the message failed: a permanent error, or its last attempt
+    RETRIED = "retried"  # a transient error: the message waits for another attempt
+    TIMED_OUT = "timed_out"  # overran N3HUB_PROCESS_TIMEOUT; retried, or failed if the last
+    RECOVERED = "recovered"  # its worker was lost (a crash): the sweep took the message back
+    RELEASED = "released"  # its worker stopped and gave the message back
+
+
+class MessageAttempt(db.Model):
+    """One ended attempt of a message, written in the transaction that recorded its outcome."""
+
+    __tablename__ = "message_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Deleted with the message: by the cascade on PostgreSQL, explicitly where SQLite ignores it.
+    message_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    # The message's ``attempts`` during this one: a retry by an operator starts again at 1.
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
+
+    __table_args__ = (
+        CheckConstraint(
+            "outcome IN ({})".format(", ".join(f"'{outcome}'" for outcome in AttemptOutcome)),
+            name="ck_message_attempts_outcome",
+        ),
+        # Serves a message's attempts in order, and the trimming to the newest ones.
+        Index("ix_message_attempts_message_id_id", "message_id", "id"),
     )
 
 

@@ -13,19 +13,26 @@ through the bind processor of the column type as the dialect implements it
 (on SQLite, SQLAlchemy's own text format), once per transaction, so they are
 stored exactly as SQLAlchemy stores them elsewhere. Every other write keeps to
 SQLAlchemy.
+
+Each message is its own single-row INSERT, which gives its id back: through
+``RETURNING`` where the database has it (SQLite, PostgreSQL), else from the
+driver's ``lastrowid`` (MySQL and MariaDB: ``LAST_INSERT_ID()`` of that one
+row). A multi-row INSERT would save round trips, but MySQL's default
+auto-increment lock mode ("interleaved") does not promise its ids are
+consecutive, so they could not be told from another process's.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 
-from app import tallies
-from app.models import Message, MessageStatus, Tally, UTCDateTime
+from app import driver_sql, mysql, tallies
+from app.models import Message, MessageStatus, Tally
 
 PENDING = MessageStatus.PENDING
 # Every column of a message, in table order: those a new message does not set stay NULL.
@@ -36,32 +43,23 @@ class _Statements:
     """The insert and tally SQL in one dialect's parameter style."""
 
     def __init__(self, dialect: Dialect) -> None:
-        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
+        mark = driver_sql.mark(dialect)
         table, tally = Message.__tablename__, Tally.__tablename__
+        self.returning = not mysql.is_mysql(dialect)
         # Table names are the models' own and every value is a bound parameter: no injection.
         self.insert = (
             f"INSERT INTO {table}"  # nosec B608
             " (tenant, content, status, attempts, created_at, updated_at, available_at, deliver_at)"
-            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}, {mark}) RETURNING id"
-        )
+            f" VALUES ({mark}, {mark}, '{PENDING}', 0, {mark}, {mark}, {mark}, {mark})"
+        ) + (" RETURNING id" if self.returning else "")
         self.add_to_tally = (
             f"UPDATE {tally} SET value = value + {mark}"  # nosec B608
             f" WHERE tenant = {mark} AND name = {mark} AND shard = {mark}"
         )
-        column = UTCDateTime().dialect_impl(dialect)
-        self.timestamp: Callable[[datetime], Any] = column.bind_processor(dialect) or (
-            lambda value: value
-        )
+        self.timestamp = driver_sql.timestamp(dialect)
 
 
-_statements: dict[str, _Statements] = {}
-
-
-def _for(dialect: Dialect) -> _Statements:
-    statements = _statements.get(dialect.name)
-    if statements is None:  # two threads may both build it; either result is the same
-        statements = _statements.setdefault(dialect.name, _Statements(dialect))
-    return statements
+_for = driver_sql.per_dialect(_Statements)
 
 
 def insert(
@@ -88,7 +86,7 @@ def insert(
                 available = statements.timestamp(max(now, delivery))
                 timing = (stored_now, stored_now, available, statements.timestamp(delivery))
             cursor.execute(statements.insert, (tenant, content, *timing))
-            ids.append(cursor.fetchone()[0])
+            ids.append(cursor.fetchone()[0] if statements.returning else cursor.lastrowid)
         shard = tallies.random_shard()
         for tenant, count in sorted(Counter(tenant for tenant, _ in items).items()):
             cursor.execute(statements.add_to_tally, (count, tenant, PENDING.value, shard))

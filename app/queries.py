@@ -1,4 +1,4 @@
-"""Read-only views of the messages: one message, a page of them, and the counts.
+"""Read-only views of the messages: one message, its attempts, a page of them, and the counts.
 
 A page may be limited to a created-time range without an index on
 ``created_at``: ids are given in creation order, so ``created_at`` grows with
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from app import tallies
 from app.database import read_connection
-from app.models import Message, MessageStatus
+from app.models import Message, MessageAttempt, MessageStatus
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,17 @@ def get_message(message_id: int, tenant: str | None = None) -> dict[str, Any] | 
     with read_connection() as connection:
         row = connection.execute(query).one_or_none()
     return row._asdict() if row is not None else None
+
+
+def get_attempts(message_id: int) -> list[dict[str, Any]]:
+    """A message's recorded attempts, oldest first (only the newest few are kept)."""
+    query = (
+        select(*MessageAttempt.__table__.columns)
+        .where(MessageAttempt.message_id == message_id)
+        .order_by(MessageAttempt.id)
+    )
+    with read_connection() as connection:
+        return [row._asdict() for row in connection.execute(query)]
 
 
 @dataclass(frozen=True)

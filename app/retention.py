@@ -10,7 +10,7 @@ index, so a sweep costs the same with a million finished messages as with a
 thousand; a message that finished late (a long retry, a redrive) can make those
 behind it wait until it expires too, at most one retention period more.
 The status tally goes down and a ``deleted_*`` tally up in the same transaction,
-so the counts keep matching the rows.
+so the counts keep matching the rows; the messages' attempts go with them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 
 from app import tallies
 from app.database import read_connection, write_transaction
-from app.models import Message, MessageStatus
+from app.models import Message, MessageAttempt, MessageStatus
 
 CHUNK = 500
 WINDOW = 2000
@@ -73,7 +73,10 @@ def _delete_chunk(status: MessageStatus, cutoff: datetime) -> int:
         ).all()
         if not expired:
             return 0
-        connection.execute(delete(Message).where(Message.id.in_([row.id for row in expired])))
+        gone = [row.id for row in expired]
+        # The foreign key's cascade would do it, but SQLite does not enforce foreign keys here.
+        connection.execute(delete(MessageAttempt).where(MessageAttempt.message_id.in_(gone)))
+        connection.execute(delete(Message).where(Message.id.in_(gone)))
         deltas: tallies.Deltas = Counter()
         for _, tenant in expired:
             deltas[tenant, status] -= 1

@@ -3,7 +3,7 @@
 from alembic import context
 from flask import current_app
 
-from app.database import WRITE_OPTION, lock_for_migration
+from app.database import WRITE_OPTION, migration_lock
 
 target_db = current_app.extensions["migrate"].db
 
@@ -29,8 +29,7 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
             transactional_ddl=True,
         )
-        with context.begin_transaction():
-            lock_for_migration(connection)
+        with migration_lock(connection), context.begin_transaction():
             context.run_migrations()
 
 

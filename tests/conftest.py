@@ -1,11 +1,14 @@
-"""Shared fixtures: a real Redis, a real database (SQLite and PostgreSQL), real workers.
+"""Shared fixtures: a real Redis, real databases (SQLite, PostgreSQL, MariaDB), real workers.
 
-PostgreSQL runs when ``N3HUB_TEST_POSTGRES_URL`` is set; each test session gets
-fresh databases on that server. With ``N3HUB_REQUIRE_POSTGRES=1`` (CI) a missing
-PostgreSQL fails the run instead of skipping. The caller's own service settings
-(``DATABASE_URL``, ``CELERY_BROKER_URL``, ``N3HUB_*`` ...) are removed from the
-environment first, so they reach neither the apps built here nor the processes
-started here.
+PostgreSQL runs when ``N3HUB_TEST_POSTGRES_URL`` is set, MySQL or MariaDB when
+``N3HUB_TEST_MYSQL_URL`` is; each test session creates databases of its own on
+those servers and drops them at its end. With ``N3HUB_REQUIRE_POSTGRES=1`` or
+``N3HUB_REQUIRE_MYSQL=1`` (CI) a missing server fails the run instead of
+skipping. MySQL runs only where the database makes a difference: the modules
+that parametrise their database fixture over :data:`EVERY_DATABASE`. The
+caller's own service settings (``DATABASE_URL``, ``CELERY_BROKER_URL``,
+``N3HUB_*`` ...) are removed from the environment first, so they reach neither
+the apps built here nor the processes started here.
 
 ``app`` and ``client`` sit on a database that no worker consumes, so what a test
 creates stays as it left it; ``app`` is built with the WSGI fast path on and off.
@@ -35,7 +38,7 @@ from app.auth.keys import Scope, create_key
 from app.config import SETTINGS, load_config
 from app.database import write_transaction
 from app.extensions import db
-from app.models import IdempotencyKey, Message, Tally
+from app.models import IdempotencyKey, Message, MessageAttempt, Tally
 from app.worker.settings import with_database_retries
 from tests.support.polling import wait_for
 from tests.support.processes import (
@@ -47,11 +50,17 @@ from tests.support.processes import (
 )
 from tests.support.required import require
 
-POSTGRES_WANTED = bool(os.environ.get("N3HUB_TEST_POSTGRES_URL")) or (
-    os.environ.get("N3HUB_REQUIRE_POSTGRES") == "1"
-)
+
+def _wanted(url_variable: str, require_variable: str) -> bool:
+    return bool(os.environ.get(url_variable)) or os.environ.get(require_variable) == "1"
+
+
+POSTGRES_WANTED = _wanted("N3HUB_TEST_POSTGRES_URL", "N3HUB_REQUIRE_POSTGRES")
+MYSQL_WANTED = _wanted("N3HUB_TEST_MYSQL_URL", "N3HUB_REQUIRE_MYSQL")
 # The databases the shared fixtures run on: PostgreSQL only when given (or required).
 DATABASES = ["sqlite", "postgresql"] if POSTGRES_WANTED else ["sqlite"]
+# The same plus MySQL when given, for the tests whose outcome depends on the database.
+EVERY_DATABASE = DATABASES + ["mysql"] * MYSQL_WANTED
 TEST_KEY = "n3hub_tests.api_key"
 
 # Fast clocks so retries, leases and sweeps happen within a test's patience.
@@ -74,10 +83,14 @@ FAST_PATH_MODES = {"fast_path": "1", "flask_only": "0"}
 
 
 def pytest_report_header() -> list[str]:
-    """Say once which databases the shared fixtures use."""
-    if POSTGRES_WANTED:
-        return ["databases: SQLite and PostgreSQL"]
-    return ["databases: SQLite only (set N3HUB_TEST_POSTGRES_URL to add PostgreSQL)"]
+    """Say once which databases the tests use."""
+    names = ", ".join(["SQLite", *(SERVERS[kind].name for kind in EVERY_DATABASE[1:])])
+    missing = [
+        server.url_variable for kind, server in SERVERS.items() if kind not in EVERY_DATABASE
+    ]
+    return [
+        f"databases: {names}" + (f" (set {' or '.join(missing)} to add more)" if missing else "")
+    ]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,14 +113,46 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-def _postgres_base_url() -> str:
-    url = os.environ.get("N3HUB_TEST_POSTGRES_URL", "")
-    require(
-        bool(url),
+@dataclass(frozen=True)
+class Server:
+    """A database server the tests may use, and how to make and drop databases on it."""
+
+    name: str
+    url_variable: str
+    require_variable: str
+    example_url: str
+    create: str
+    drop: str
+
+    def base_url(self) -> str:
+        """The server's URL; skips the test (fails it where required) when none is set."""
+        url = os.environ.get(self.url_variable, "")
+        require(
+            bool(url),
+            self.require_variable,
+            f"{self.name} tests need {self.url_variable} (e.g. {self.example_url})",
+        )
+        return url
+
+
+SERVERS = {
+    "postgresql": Server(
+        "PostgreSQL",
+        "N3HUB_TEST_POSTGRES_URL",
         "N3HUB_REQUIRE_POSTGRES",
-        "PostgreSQL tests need N3HUB_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)",
-    )
-    return url
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        create='CREATE DATABASE "{}"',
+        drop='DROP DATABASE "{}" WITH (FORCE)',
+    ),
+    "mysql": Server(
+        "MySQL/MariaDB",
+        "N3HUB_TEST_MYSQL_URL",
+        "N3HUB_REQUIRE_MYSQL",
+        "mysql+pymysql://root@127.0.0.1:3306/test",
+        create="CREATE DATABASE `{}` CHARACTER SET utf8mb4",
+        drop="DROP DATABASE `{}`",
+    ),
+}
 
 
 class DatabaseFactory:
@@ -115,25 +160,22 @@ class DatabaseFactory:
 
     def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         self._tmp = tmp_path_factory
-        self._postgres: list[str] = []
+        self._created: list[tuple[Server, str]] = []
 
     def create(self, kind: str) -> str:
-        """The URL of a new, empty database of ``kind`` ("sqlite" or "postgresql")."""
+        """The URL of a new, empty database of ``kind`` ("sqlite", "postgresql" or "mysql")."""
         if kind == "sqlite":
             return f"sqlite:///{self._tmp.mktemp('sqlite') / 'messages.db'}"
-        base_url = _postgres_base_url()
+        server = SERVERS[kind]
+        base_url = server.base_url()
         name = f"n3hub_test_{uuid.uuid4().hex[:12]}"
-        self._admin(base_url, f'CREATE DATABASE "{name}"')
-        url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
-        self._postgres.append(url)
-        return url
+        self._admin(base_url, server.create.format(name))
+        self._created.append((server, name))
+        return make_url(base_url).set(database=name).render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
-        for url in self._postgres:
-            name = make_url(url).database
-            self._admin(
-                os.environ["N3HUB_TEST_POSTGRES_URL"], f'DROP DATABASE "{name}" WITH (FORCE)'
-            )
+        for server, name in self._created:
+            self._admin(os.environ[server.url_variable], server.drop.format(name))
 
     @staticmethod
     def _admin(url: str, statement: str) -> None:
@@ -166,6 +208,11 @@ def worker_database_url(request: pytest.FixtureRequest, databases: DatabaseFacto
 def fresh_database_url(request: pytest.FixtureRequest, databases: DatabaseFactory) -> str:
     """A database of the test's own, which no other test's worker touches."""
     return databases.create(request.param)
+
+
+def on_every_database(fixture: str) -> pytest.MarkDecorator:
+    """Run a module's tests on MySQL too: parametrise its database ``fixture`` by kind."""
+    return pytest.mark.parametrize(fixture, EVERY_DATABASE, indirect=True)
 
 
 def stack_environment(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -243,7 +290,7 @@ def statements_run(app: Flask) -> Iterator[list[str]]:
 
 
 def reset_database(app: Flask) -> None:
-    """Remove every message and idempotency key, and zero the tallies.
+    """Remove every message, its attempts and idempotency key, and zero the tallies.
 
     A worker may still be writing the outcomes of an earlier test's messages: a
     deadlock with it is retried, as the worker retries its own side.
@@ -252,6 +299,7 @@ def reset_database(app: Flask) -> None:
     def reset() -> None:
         with write_transaction() as connection:
             connection.execute(delete(IdempotencyKey))
+            connection.execute(delete(MessageAttempt))
             connection.execute(delete(Message))
             connection.execute(update(Tally).values(value=0))
 

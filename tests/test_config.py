@@ -37,6 +37,26 @@ def test_postgres_urls_use_psycopg3() -> None:
         )
 
 
+def test_mysql_urls_use_pymysql_and_utf8mb4() -> None:
+    for url, expected in [
+        ("mysql://u:p@h:3306/db", "mysql+pymysql://u:p@h:3306/db?charset=utf8mb4"),
+        ("mysql+pymysql://u@h/db?charset=latin1", "mysql+pymysql://u@h/db?charset=utf8mb4"),
+        ("mariadb://u@h/db", "mariadb+pymysql://u@h/db?charset=utf8mb4"),
+    ]:
+        assert load_config({"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["oracle://u:p@h/x", "mssql+pyodbc://h/x", "mysql+mysqldb://u@h/db"]
+)
+def test_unsupported_databases_are_refused_naming_the_supported_ones(url: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+        load_config({"DATABASE_URL": url})
+    message = str(refused.value)
+    assert "\n" not in message and ":p@" not in message
+    assert all(scheme in message for scheme in ("sqlite://", "postgresql://", "mysql://"))
+
+
 def test_amqp_broker_has_no_wake_marker() -> None:
     assert load_config({"CELERY_BROKER_URL": "amqp://guest@localhost//"})["WAKE_REDIS_URL"] == ""
 

@@ -13,11 +13,13 @@ from typing import Any
 from urllib.request import Request, urlopen
 
 import psycopg
+import pymysql
 import pytest
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from app.database import enable_wal, is_transient_error
+from app.mysql import UnsupportedDatabase, require_skip_locked
 from tests.conftest import bearer, env_api_key, stack_environment, start_web
 from tests.support.polling import wait_for
 from tests.support.processes import RedisServer
@@ -32,6 +34,10 @@ from tests.support.processes import RedisServer
         (pg_errors.SerializationFailure("could not serialize"), True),
         (pg_errors.DeadlockDetected("deadlock detected"), True),
         (pg_errors.UniqueViolation("duplicate key"), False),
+        (pymysql.OperationalError(1213, "Deadlock found when trying to get lock"), True),
+        (pymysql.OperationalError(1205, "Lock wait timeout exceeded"), True),
+        (pymysql.InterfaceError(0, ""), True),
+        (pymysql.IntegrityError(1062, "Duplicate entry"), False),
         (OperationalError("UPDATE", {}, sqlite3.OperationalError("locked")), True),
         (DBAPIError("UPDATE", {}, pg_errors.SerializationFailure("x")), True),
         (IntegrityError("INSERT", {}, pg_errors.UniqueViolation("x")), False),
@@ -41,6 +47,35 @@ from tests.support.processes import RedisServer
 )
 def test_transient_errors(error: Exception, transient: bool) -> None:
     assert is_transient_error(error) is transient
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "8.0.1",
+        "8.0.36",
+        "8.4.3-log",
+        "9.1.0",
+        "10.6.0-MariaDB",
+        "10.6.21-MariaDB-log",
+        "5.5.5-10.11.19-MariaDB-0+deb12u1",
+        "11.4.2-MariaDB-ubu2404",
+    ],
+)
+def test_mysql_servers_with_skip_locked_are_accepted(version: str) -> None:
+    require_skip_locked(version)
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["5.7.44", "5.7.44-log", "8.0.0-dmr", "5.5.5-10.5.27-MariaDB", "10.5.9-MariaDB-1:10.5.9"],
+)
+def test_mysql_servers_without_skip_locked_are_refused_in_one_line(version: str) -> None:
+    with pytest.raises(UnsupportedDatabase) as refused:
+        require_skip_locked(version)
+    message = str(refused.value)
+    assert version in message and "MySQL 8.0.1+, MariaDB 10.6+" in message
+    assert "\n" not in message
 
 
 def _switch_when_released(path: str, barrier: Any, outcomes: Any) -> None:

@@ -47,17 +47,56 @@ VENV_BIN = Path(sys.executable).parent
 DEFAULT_SERVICES = {"web", "worker", "redis"}
 PROFILE_SERVICES = {
     "postgres": {"postgres"},
+    "mariadb": {"mariadb"},
     "prometheus": {"prometheus"},
     "grafana": {"grafana", "prometheus"},
     "flower": {"flower"},
     "monitoring": {"prometheus", "grafana", "flower"},
 }
 POSTGRES_OVERRIDE = "docker-compose.postgres.yaml"
+MARIADB_OVERRIDE = "docker-compose.mariadb.yaml"
+
+
+@dataclass(frozen=True)
+class DatabaseProfile:
+    """A Compose profile that adds a database server, and its override for web and worker."""
+
+    override: str
+    image: str
+    healthcheck: str
+    data_directory: str
+    drivername: str
+    port: int
+    # The server's environment variables for the user, password and database it creates.
+    credentials: tuple[str, str, str]
+
+
+DATABASE_PROFILES = {
+    "postgres": DatabaseProfile(
+        POSTGRES_OVERRIDE,
+        "postgres:16-alpine",
+        "pg_isready",
+        "/var/lib/postgresql/data",
+        "postgresql+psycopg",
+        5432,
+        ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"),
+    ),
+    "mariadb": DatabaseProfile(
+        MARIADB_OVERRIDE,
+        "mariadb:10.11",
+        "healthcheck.sh",
+        "/var/lib/mysql",
+        "mysql+pymysql",
+        3306,
+        ("MARIADB_USER", "MARIADB_PASSWORD", "MARIADB_DATABASE"),
+    ),
+}
 METRICS_TOKEN_SECRET = "/run/secrets/metrics_token"
 # Compose has no default for any password: a test sets them all.
 COMPOSE_SECRETS = {
     "REDIS_PASSWORD": "redis-test-password",
     "POSTGRES_PASSWORD": "postgres-test-password",
+    "MARIADB_PASSWORD": "mariadb-test-password",
     "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
     "FLOWER_BASIC_AUTH": "ops:flower-test-password",
 }
@@ -358,7 +397,7 @@ def test_redis_persists_never_evicts_and_reports_health(compose: dict) -> None:
 
 
 def test_every_password_comes_from_the_environment_without_default() -> None:
-    files = ("docker-compose.yaml", POSTGRES_OVERRIDE)
+    files = ("docker-compose.yaml", POSTGRES_OVERRIDE, MARIADB_OVERRIDE)
     for name in COMPOSE_SECRETS:
         with pytest.raises(MissingVariable, match=name):
             compose_project(*files, env={k: v for k, v in COMPOSE_SECRETS.items() if k != name})
@@ -378,37 +417,36 @@ def test_our_containers_are_hardened_and_every_service_bounded(compose: dict) ->
     assert f"--basic-auth={COMPOSE_SECRETS['FLOWER_BASIC_AUTH']}" in flower["command"]
 
 
-def test_postgres_profile_and_override_point_the_app_at_it() -> None:
-    project = compose_project("docker-compose.yaml", POSTGRES_OVERRIDE)
-    postgres = project["services"]["postgres"]
-    assert postgres["image"] == "postgres:16-alpine"
-    assert healthcheck_argv(postgres["healthcheck"]["test"])[0] == "pg_isready"
-    assert any(m.named and m.target == "/var/lib/postgresql/data" for m in mounts(postgres))
+@pytest.mark.parametrize("profile", sorted(DATABASE_PROFILES))
+def test_database_profile_and_override_point_the_app_at_it(profile: str) -> None:
+    database = DATABASE_PROFILES[profile]
+    project = compose_project("docker-compose.yaml", database.override)
+    server = project["services"][profile]
+    assert server["image"] == database.image
+    assert healthcheck_argv(server["healthcheck"]["test"])[0] == database.healthcheck
+    assert any(m.named and m.target == database.data_directory for m in mounts(server))
     # The override touches only what a mapping merge handles (see merge()).
-    for service in read_yaml(POSTGRES_OVERRIDE)["services"].values():
+    for service in read_yaml(database.override)["services"].values():
         assert set(service) <= {"environment", "depends_on"}
-    credentials = postgres["environment"]
+    credentials = [server["environment"][name] for name in database.credentials]
     for name in ("web", "worker"):
         service = project["services"][name]
         url = make_url(service["environment"]["DATABASE_URL"])
-        assert url.drivername == "postgresql+psycopg"
-        assert (url.host, url.port) == ("postgres", 5432)
-        assert (url.username, url.password, url.database) == (
-            credentials["POSTGRES_USER"],
-            credentials["POSTGRES_PASSWORD"],
-            credentials["POSTGRES_DB"],
-        )
-        assert depends_on(service) == {"redis": "service_healthy", "postgres": "service_healthy"}
-    assert active_services(project, "postgres") == DEFAULT_SERVICES | {"postgres"}
+        assert url.drivername == database.drivername
+        assert (url.host, url.port) == (profile, database.port)
+        assert [url.username, url.password, url.database] == credentials
+        assert depends_on(service) == {"redis": "service_healthy", profile: "service_healthy"}
+    assert active_services(project, profile) == DEFAULT_SERVICES | {profile}
 
 
-def test_postgres_password_comes_from_the_environment() -> None:
+@pytest.mark.parametrize("profile", sorted(DATABASE_PROFILES))
+def test_database_password_comes_from_the_environment(profile: str) -> None:
+    database = DATABASE_PROFILES[profile]
+    variable = database.credentials[1]
     project = compose_project(
-        "docker-compose.yaml",
-        POSTGRES_OVERRIDE,
-        env=COMPOSE_SECRETS | {"POSTGRES_PASSWORD": "s3cret"},
+        "docker-compose.yaml", database.override, env=COMPOSE_SECRETS | {variable: "s3cret"}
     )
-    assert project["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    assert project["services"][profile]["environment"][variable] == "s3cret"
     url = project["services"]["web"]["environment"]["DATABASE_URL"]
     assert make_url(url).password == "s3cret"
 
@@ -507,7 +545,8 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     docker_compose = require_binary(
         "docker-compose", "docker-compose", "N3HUB_REQUIRE_DOCKER_COMPOSE"
     )
-    for files in (["docker-compose.yaml"], ["docker-compose.yaml", POSTGRES_OVERRIDE]):
+    overrides = [[database.override] for database in DATABASE_PROFILES.values()]
+    for files in (["docker-compose.yaml"], *(["docker-compose.yaml", *o] for o in overrides)):
         argv = [docker_compose, *(f"-f{name}" for name in files), "config", "-q"]
         env = os.environ | COMPOSE_SECRETS
         done = subprocess.run(

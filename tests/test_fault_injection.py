@@ -90,6 +90,9 @@ class FaultStack:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             return list(pool.map(post, contents))
 
+    def attempts(self, message_id: int) -> list[dict]:
+        return self.client.get(f"/messages/{message_id}/attempts").get_json()["attempts"]
+
     def wait_all_completed(self, count: int, timeout: float = 90) -> dict[str, int]:
         def done() -> dict[str, int] | None:
             stats = self.stats()
@@ -120,10 +123,13 @@ def stack(
 
 
 both_databases = pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)
+# The faults whose outcome rests on the database's locking (claims, recovery, released
+# claims, concurrent writers) run on MySQL too; the others test the worker, not the database.
+every_database = pytest.mark.parametrize("stack", ["sqlite", "postgresql", "mysql"], indirect=True)
 sqlite_only = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 
 
-@both_databases
+@every_database
 def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     stack: FaultStack,
 ) -> None:
@@ -162,7 +168,7 @@ def test_sigkill_of_every_worker_loses_nothing_and_completes_each_once(
     assert recoveries > 0
 
 
-@both_databases
+@every_database
 def test_redis_flushed_and_restarted_empty_mid_run(stack: FaultStack) -> None:
     count = 2000
     stack.start_worker()
@@ -176,7 +182,7 @@ def test_redis_flushed_and_restarted_empty_mid_run(stack: FaultStack) -> None:
     assert stack.processed_completed() == count
 
 
-@both_databases
+@every_database
 def test_messages_created_while_broker_is_down_complete_after_it_returns(
     stack: FaultStack,
 ) -> None:
@@ -190,7 +196,7 @@ def test_messages_created_while_broker_is_down_complete_after_it_returns(
     assert stats["completed"] == 50
 
 
-@both_databases
+@every_database
 def test_poison_message_ends_failed_and_spares_its_batch(stack: FaultStack) -> None:
     stack.start_worker()
     ids = stack.create(["crash poison" if i == 3 else f"healthy {i}" for i in range(20)], 1)
@@ -201,6 +207,9 @@ def test_poison_message_ends_failed_and_spares_its_batch(stack: FaultStack) -> N
     assert poison["attempts"] == int(stack.env["N3HUB_MAX_ATTEMPTS"])
     assert "lease expired" in poison["last_error"]
     assert [body for body in bodies if body["status"] != "completed"] == []
+    lost = stack.attempts(poison["id"])
+    assert [a["outcome"] for a in lost] == ["recovered"] * poison["attempts"]
+    assert all(a["worker"] for a in lost)  # the pool process that died, not the sweeper
 
 
 @both_databases
@@ -232,7 +241,7 @@ def test_sigterm_lets_every_message_in_flight_finish(stack: FaultStack) -> None:
     assert {(body["status"], body["attempts"]) for body in bodies} == {("completed", 1)}
 
 
-@both_databases
+@every_database
 def test_sigterm_gives_back_what_outlasts_the_grace(stack: FaultStack) -> None:
     stack.env["N3HUB_SHUTDOWN_GRACE"] = "0.5"
     worker = stack.start_worker(concurrency=1)
@@ -245,6 +254,8 @@ def test_sigterm_gives_back_what_outlasts_the_grace(stack: FaultStack) -> None:
         body = stack.client.get(f"/messages/{message_id}").get_json()
         assert (body["status"], body["attempts"]) == ("pending", 1)
         assert "worker stopped during attempt" in body["last_error"]
+        [released] = stack.attempts(message_id)
+        assert (released["outcome"], released["error"]) == ("released", body["last_error"])
 
 
 @sqlite_only
@@ -279,7 +290,7 @@ def http_post(port: int, key: str, content: str) -> int:
         return response.status
 
 
-@both_databases
+@every_database
 def test_concurrent_web_and_worker_writers_never_answer_5xx(stack: FaultStack) -> None:
     web, port = stack.start_web(workers=4)
     stack.start_worker("w1")
@@ -360,6 +371,9 @@ def test_an_overrun_is_a_failed_attempt_retried_with_backoff(stack: FaultStack) 
     assert (body["status"], body["attempts"]) == ("failed", 2)
     assert body["last_error"] == "TimeoutError: processing took longer than 1s"
     assert statuses_and_attempts(stack, others) == {("completed", 1)}
+    timed_out = stack.attempts(overrun)
+    assert [(a["number"], a["outcome"]) for a in timed_out] == [(1, "timed_out"), (2, "timed_out")]
+    assert all(a["duration_seconds"] >= 1 for a in timed_out)
 
 
 @sqlite_only

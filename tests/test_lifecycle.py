@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import String, bindparam, cast, insert, select, update
+from sqlalchemy.engine import Dialect
 
-from app import ingest, lifecycle, pending_rows, queries
+from app import ingest, lifecycle, mysql, pending_rows, queries
 from app.database import driver_write_transaction, read_connection, write_transaction
 from app.lifecycle import Outcome, RetryPolicy
 from app.models import DEFAULT_TENANT, Message, MessageStatus
+from tests.conftest import on_every_database
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.usefixtures("isolated_app")
+pytestmark = [pytest.mark.usefixtures("isolated_app"), on_every_database("fresh_database_url")]
 
 POLICY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)
 
@@ -199,6 +201,34 @@ def test_released_claims_go_back_to_pending_at_once_with_the_attempt_counted() -
     stats_add_up()
 
 
+def test_a_finished_batch_stores_each_result_and_error_exactly() -> None:
+    """On MySQL a batch's outcomes go in one joined UPDATE per status; nothing may shift."""
+    results: list[Any] = [None, {"nested": [1, "🎉", None]}, "text  ", 3.5, [], {"": ""}]
+    for number in range(len(results) + 2):
+        lifecycle.create_message(f"m{number}")
+    batch = claim(20)
+    done, (failed, retried) = batch[: len(results)], batch[len(results) :]
+    outcomes = [
+        Outcome(message, result=result) for message, result in zip(done, results, strict=True)
+    ]
+    outcomes += [
+        Outcome(failed, error="ValueError: 'quoted' \\ and 漢字", permanent=True),
+        Outcome(retried, error="later  "),
+    ]
+    report = lifecycle.finish_batch(outcomes, POLICY)
+    assert (report.completed, report.failed, report.retried) == (len(results), 1, 1)
+    for message, result in zip(done, results, strict=True):
+        body = row(message.id)
+        assert (body["status"], body["result"]) == ("completed", result)
+        assert body["completed_at"] == body["updated_at"] == row(done[0].id)["completed_at"]
+        assert body["lease_expires_at"] is None
+    assert row(failed.id)["last_error"] == "ValueError: 'quoted' \\ and 漢字"
+    pending = row(retried.id)
+    assert (pending["status"], pending["last_error"]) == ("pending", "later  ")
+    assert pending["available_at"] >= pending["updated_at"]
+    stats_add_up()
+
+
 def test_outcomes_move_tallies_and_processed_counters() -> None:
     for content in ("ok", "permanent", "transient"):
         lifecycle.create_message(content)
@@ -317,6 +347,11 @@ def test_group_commit_gathers_only_after_a_group_of_several(
     assert stats_add_up()["pending"] == 4
 
 
+def claim_step(statements: Any, dialect: Dialect) -> Any:
+    """The statement that picks a claim's rows: the UPDATE, or MySQL's locking SELECT."""
+    return statements.lock if mysql.is_mysql(dialect) else statements.update
+
+
 def sweep_check(retried: bool) -> Any:
     """The statement the recovery sweep runs to see whether anything is due."""
     return lifecycle._due(retried=retried, now=bindparam("m_now")).limit(1)
@@ -325,15 +360,17 @@ def sweep_check(retried: bool) -> Any:
 @pytest.mark.parametrize(
     "statement",
     [
-        pytest.param(lambda: lifecycle._claim_retried_safely, id="claim-retried"),
-        pytest.param(lambda: lifecycle._claim_after_lost_worker, id="claim-lost-worker"),
-        pytest.param(lambda: lifecycle._claim_new, id="claim-new"),
-        pytest.param(lambda: sweep_check(retried=True), id="due-retried"),
-        pytest.param(lambda: sweep_check(retried=False), id="due-new"),
+        pytest.param(lambda d: claim_step(lifecycle._claim_retried_safely, d), id="claim-retried"),
+        pytest.param(
+            lambda d: claim_step(lifecycle._claim_after_lost_worker, d), id="claim-lost-worker"
+        ),
+        pytest.param(lambda d: claim_step(lifecycle._claim_new, d), id="claim-new"),
+        pytest.param(lambda _: sweep_check(retried=True), id="due-retried"),
+        pytest.param(lambda _: sweep_check(retried=False), id="due-new"),
     ],
 )
 def test_claims_use_the_claim_index_even_with_stale_statistics(
-    statement: Callable[[], Any],
+    statement: Callable[[Dialect], Any],
 ) -> None:
     """Right after a backlog drains, the planner's statistics still say most rows are pending.
 
@@ -344,17 +381,19 @@ def test_claims_use_the_claim_index_even_with_stale_statistics(
     for _ in range(5):
         lifecycle.create_messages(["drained backlog"] * 1000)
     with write_transaction() as connection:
-        connection.exec_driver_sql("ANALYZE messages")
+        table = "TABLE messages" if mysql.is_mysql(connection.dialect) else "messages"
+        connection.exec_driver_sql(f"ANALYZE {table}")
     with write_transaction() as connection:
         connection.execute(update(Message).values(status="completed", attempts=1))
-        compiled = statement().compile(dialect=connection.dialect)
+        compiled = statement(connection.dialect).compile(dialect=connection.dialect)
         now = lifecycle.utcnow().replace(tzinfo=None).isoformat(sep=" ")
-        values = compiled.construct_params({"m_now": now, "m_limit": 200, "m_lease": now})
-        if connection.dialect.name == "postgresql":
-            plan = connection.exec_driver_sql(f"EXPLAIN {compiled}", values).scalars().all()
-        else:
-            positional = tuple(values[name] for name in compiled.positiontup)
-            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional).all()
+        values = compiled.construct_params(
+            {"m_now": now, "m_limit": 200, "m_lease": now, "m_worker": "host:1"}
+        )
+        explain = "EXPLAIN QUERY PLAN" if connection.dialect.name == "sqlite" else "EXPLAIN"
+        if compiled.positiontup is not None:  # SQLite's qmark style
+            values = tuple(values[name] for name in compiled.positiontup)
+        plan = connection.exec_driver_sql(f"{explain} {compiled}", values).all()
     assert "ix_messages_status_attempts_id" in str(plan), plan
 
 
@@ -370,8 +409,7 @@ def test_the_ingest_stores_timestamps_exactly_as_sqlalchemy_does() -> None:
             insert(Message)
             .values(content="through SQLAlchemy", status="pending", attempts=0)
             .values(created_at=now, updated_at=now, available_at=now)
-            .returning(Message.id)
-        ).scalar_one()
+        ).inserted_primary_key[0]
     with read_connection() as connection:
         stored = dict(
             connection.execute(

@@ -9,8 +9,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import keyed_client
+from tests.conftest import keyed_client, on_every_database
 from tests.support.polling import wait_for
+
+pytestmark = on_every_database("worker_database_url")
 
 
 @pytest.fixture

@@ -13,10 +13,12 @@ from app import lifecycle, tallies
 from app.auth.keys import Scope
 from app.database import write_transaction
 from app.models import DEFAULT_TENANT, Message
-from tests.conftest import keyed_client, make_api_key
+from tests.conftest import keyed_client, make_api_key, on_every_database
 from tests.test_api import assert_error
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+pytestmark = on_every_database("database_url")
 
 
 def failed_messages(client: FlaskClient, app: Flask, count: int) -> list[int]:

@@ -14,12 +14,14 @@ from app.config import load_config
 from app.database import read_connection, write_transaction
 from app.extensions import db
 from app.models import DEFAULT_TENANT, Message, MessageStatus
-from tests.conftest import keyed_client, stack_environment, start_worker
+from tests.conftest import keyed_client, on_every_database, stack_environment, start_worker
 from tests.support.metrics import metric_value
 from tests.support.polling import wait_for
 
 COMPLETED, FAILED = MessageStatus.COMPLETED, MessageStatus.FAILED
 DAY = 86400.0
+
+pytestmark = on_every_database("fresh_database_url")
 
 
 def finished(status: MessageStatus, ages_in_days: list[float]) -> list[int]:

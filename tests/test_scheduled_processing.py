@@ -6,8 +6,11 @@ from datetime import datetime
 
 from flask.testing import FlaskClient
 
+from tests.conftest import on_every_database
 from tests.support.polling import wait_for
 from tests.test_processing import wait_settled
+
+pytestmark = on_every_database("worker_database_url")
 
 
 def schedule(client: FlaskClient, content: str, delay_seconds: float) -> dict:

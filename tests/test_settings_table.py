@@ -13,7 +13,13 @@ from scripts.settings_table import README, render
 TEST_ONLY = re.compile(r"N3HUB_(TEST|REQUIRE)_\w+")
 # Variables of the `n3hub` command (client/), not of the service.
 CLIENT_ONLY = {URL_VARIABLE, KEY_VARIABLE}
-DOCUMENTS = ("README.md", "DEPLOYMENT.md", "docker-compose.yaml", "docker-compose.postgres.yaml")
+DOCUMENTS = (
+    "README.md",
+    "DEPLOYMENT.md",
+    "docker-compose.yaml",
+    "docker-compose.postgres.yaml",
+    "docker-compose.mariadb.yaml",
+)
 
 
 def test_readme_table_is_the_generated_one() -> None:

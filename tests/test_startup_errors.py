@@ -40,6 +40,7 @@ BAD_VALUES = [
     ("WEB_CONCURRENCY", "many", "use an integer of at least 1"),
     ("N3HUB_PROCESSOR", "nonexistent:fn", "cannot be imported (ModuleNotFoundError"),
     ("N3HUB_PROCESSOR", "app.config:PROJECT_ROOT", "is not callable"),
+    ("DATABASE_URL", "oracle://scott@127.0.0.1/orcl", "'oracle', which N3Hub does not"),
 ]
 
 

@@ -11,6 +11,7 @@ from app.api.errors import APIError
 from app.api.guard import charge_more, principal
 from app.api.payloads import json_body, json_response, request_idempotency_key
 from app.api.schemas import (
+    ATTEMPT_LIST,
     IDEMPOTENCY_HEADER,
     MAX_ID,
     MESSAGE,
@@ -19,6 +20,7 @@ from app.api.schemas import (
     STATS,
     MessageIn,
     TenantQuery,
+    attempt_out,
     batch_in,
     list_query,
     message_in,
@@ -200,6 +202,15 @@ def get_message(message_id: int) -> Response:
     return json_response(
         MESSAGE, message_out(existing(message_id, _readable_tenant(_asked_tenant())))
     )
+
+
+@bp.get("/<int:message_id>/attempts")
+@requires(Scope.READ)
+def get_attempts(message_id: int) -> Response:
+    """A message's attempts, oldest first: how each ended, when, and on which worker."""
+    existing(message_id, _readable_tenant(_asked_tenant()))
+    attempts = [attempt_out(row) for row in queries.get_attempts(message_id)]
+    return json_response(ATTEMPT_LIST, {"message_id": message_id, "attempts": attempts})
 
 
 @bp.post("/<int:message_id>/retry")

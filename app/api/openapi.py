@@ -281,6 +281,24 @@ def _operations(components: _Components, config: dict[str, Any]) -> dict[str, An
                 },
             }
         },
+        "/messages/{message_id}/attempts": {
+            "get": {
+                "operationId": "getMessageAttempts",
+                "summary": "A message's attempts, oldest first",
+                "description": "How each attempt ended, when, on which worker, and why it did not "
+                "complete; only the newest N3HUB_ATTEMPTS_KEPT are kept.",
+                "tags": ["messages"],
+                "parameters": [MESSAGE_ID, TENANT],
+                "responses": {
+                    "200": {
+                        "description": "The attempts.",
+                        "headers": _headers(),
+                        "content": _json(components.ref("AttemptList", schemas.ATTEMPT_LIST)),
+                    },
+                    **_errors(400, 404, *protected),
+                },
+            }
+        },
         "/messages/{message_id}/retry": {
             "post": {
                 "operationId": "retryMessage",

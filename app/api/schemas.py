@@ -32,7 +32,7 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 from app.api.errors import APIError, validation_error
 from app.auth.keys import TENANT_PATTERN
 from app.lifecycle import FailedFilter, utcnow
-from app.models import MessageStatus
+from app.models import AttemptOutcome, MessageStatus
 
 # Ids and cursors beyond a signed 64-bit integer cannot exist in either database.
 MAX_ID = 2**63 - 1
@@ -139,6 +139,7 @@ DelaySeconds = Annotated[
 ]
 Count = Annotated[int, Field(ge=0)]
 StatusName = Literal[tuple(status.value for status in MessageStatus)]  # type: ignore[valid-type]
+OutcomeName = Literal[tuple(outcome.value for outcome in AttemptOutcome)]  # type: ignore[valid-type]
 
 
 class MessageIn(BaseModel):
@@ -241,6 +242,40 @@ class MessageOut(TypedDict):
     ]
     last_error: Annotated[str | None, Field(description="Why the last attempt failed.")]
     result: Annotated[Any, Field(description="What the processor returned (any JSON).")]
+
+
+class AttemptOut(TypedDict):
+    """One ended attempt of a message."""
+
+    number: Annotated[
+        int,
+        Field(ge=1, description="The message's attempts count then; a retry starts again at 1."),
+    ]
+    started_at: Annotated[Timestamp, Field(description="When the claim began.")]
+    ended_at: Annotated[
+        Timestamp,
+        Field(description="When the run ended, was given up (a timeout) or was taken back."),
+    ]
+    duration_seconds: Annotated[float, Field(ge=0, description="From started_at to ended_at.")]
+    outcome: Annotated[
+        OutcomeName,
+        Field(
+            description="completed; failed (the message failed); retried (it waits for another "
+            "attempt); timed_out; recovered (its worker was lost); released (its worker stopped)."
+        ),
+    ]
+    error: Annotated[str | None, Field(description="Why it did not complete (500 characters).")]
+    worker: Annotated[
+        str | None,
+        Field(description="The worker process that held it, host:pid.", examples=["worker-1:4242"]),
+    ]
+
+
+class AttemptList(TypedDict):
+    """A message's attempts, oldest first: the newest ``N3HUB_ATTEMPTS_KEPT`` are kept."""
+
+    message_id: Annotated[int, Field(ge=1, examples=[1])]
+    attempts: list[AttemptOut]
 
 
 class MessageList(TypedDict):
@@ -490,6 +525,7 @@ def idempotency_key(value: str | None) -> str | None:
 MESSAGE_FIELDS = tuple(MessageOut.__annotations__)
 MESSAGE = TypeAdapter(MessageOut)
 MESSAGE_LIST = TypeAdapter(MessageList)
+ATTEMPT_LIST = TypeAdapter(AttemptList)
 MESSAGE_PAGE = TypeAdapter(MessagePage)
 STATS = TypeAdapter(Stats)
 REDRIVE = TypeAdapter(RedriveOut)
@@ -503,6 +539,21 @@ def json_bytes(adapter: TypeAdapter[Any], value: Any) -> bytes:
 def message_out(row: dict[str, Any]) -> dict[str, Any]:
     """A message row with its public fields in their declared order (pydantic keeps the row's)."""
     return {field: row[field] for field in MESSAGE_FIELDS}
+
+
+def attempt_out(row: dict[str, Any]) -> dict[str, Any]:
+    """An attempt row as the API answers it."""
+    # Two hosts' clocks (a lost worker's claim, the sweep that took it back) may disagree.
+    duration = max((row["ended_at"] - row["started_at"]).total_seconds(), 0.0)
+    return {
+        "number": row["number"],
+        "started_at": row["started_at"],
+        "ended_at": row["ended_at"],
+        "duration_seconds": duration,
+        "outcome": row["outcome"],
+        "error": row["error"],
+        "worker": row["worker"],
+    }
 
 
 def message_json_size(row: dict[str, Any]) -> int:

@@ -90,7 +90,7 @@ def create_key(name: str, tenant: str, scopes: frozenset[Scope]) -> tuple[str, S
     }
     with write_transaction() as connection:
         tallies.ensure_tenant(connection, tenant)
-        key_id = connection.execute(insert(ApiKey).values(values).returning(ApiKey.id)).scalar()
+        key_id = connection.execute(insert(ApiKey).values(values)).inserted_primary_key[0]
     return key, StoredKey(
         id=key_id,
         name=name,

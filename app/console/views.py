@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, redirect, render_template
 from pydantic import TypeAdapter, ValidationError
 
 from app import activity, lifecycle, queries
-from app.api.schemas import MAX_ID, MAX_REDRIVE, DateTime, message_json_size
+from app.api.schemas import MAX_ID, MAX_REDRIVE, DateTime, attempt_out, message_json_size
 from app.auth.access import Access, requires
 from app.auth.keys import Scope, find_active, hash_key
 from app.console import charts, session
@@ -187,11 +187,14 @@ def messages() -> Response | str:
 @bp.get("/messages/<int:message_id>")
 @requires(Access.CONSOLE)
 def message(message_id: int) -> str:
-    """One message: content, result, facts, and the actions its status allows."""
+    """One message: content, result, facts, its attempts, and the actions its status allows."""
     row = queries.get_message(message_id) if message_id <= MAX_ID else None
     if row is None:
         raise Refused(404, f"Message {message_id} does not exist.")
-    return render_template("console/message.html", message=row, done=request.args.get("done"))
+    attempts = [attempt_out(attempt) for attempt in queries.get_attempts(message_id)]
+    return render_template(
+        "console/message.html", message=row, attempts=attempts, done=request.args.get("done")
+    )
 
 
 @bp.post("/messages/<int:message_id>/retry")

@@ -51,7 +51,8 @@ async def run_async_processor(
 def timed_out(message: ClaimedMessage, timeout: float) -> Outcome:
     """The failed attempt of a run that overran ``timeout`` seconds."""
     PROCESSING_DURATION.labels(RUN_TIMED_OUT).observe(timeout)
-    return Outcome(message, error=f"TimeoutError: processing took longer than {timeout:g}s")
+    error = f"TimeoutError: processing took longer than {timeout:g}s"
+    return Outcome(message, error=error, timed_out=True)
 
 
 def _ended(message: ClaimedMessage, result: Any, started: float, max_bytes: int) -> Outcome:

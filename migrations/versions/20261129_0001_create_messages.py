@@ -8,6 +8,8 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
+from app.mysql import LONG_TEXT, TIMESTAMP, table_options
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -28,11 +30,12 @@ TALLY_SHARDS = 8
 
 def upgrade() -> None:
     big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-    timestamp = sa.DateTime(timezone=True)
+    timestamp = TIMESTAMP
+    options = table_options(op.get_bind())
     op.create_table(
         "messages",
         sa.Column("id", big_id, primary_key=True),
-        sa.Column("content", sa.Text(), nullable=False),
+        sa.Column("content", LONG_TEXT, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("created_at", timestamp, nullable=False),
@@ -43,6 +46,7 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", timestamp),
         sa.Column("last_error", sa.Text()),
         sa.Column("result", sa.JSON()),
+        **options,
     )
     op.create_index("ix_messages_status_id", "messages", ["status", "id"])
     op.create_index("ix_messages_status_attempts_id", "messages", ["status", "attempts", "id"])
@@ -51,6 +55,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(32), primary_key=True),
         sa.Column("shard", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("value", sa.BigInteger(), nullable=False, server_default="0"),
+        **options,
     )
     op.bulk_insert(
         tallies,

@@ -8,6 +8,8 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
+from app.mysql import TIMESTAMP, table_options
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -22,7 +24,8 @@ def upgrade() -> None:
         sa.Column(
             "message_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", TIMESTAMP, nullable=False),
+        **table_options(op.get_bind()),
     )
     op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"])
 

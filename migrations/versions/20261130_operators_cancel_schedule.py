@@ -12,6 +12,8 @@ Create Date: 2026-11-30
 import sqlalchemy as sa
 from alembic import op
 
+from app.mysql import TIMESTAMP
+
 revision = "operators_0001"
 down_revision = "security_0002"
 branch_labels = None
@@ -34,7 +36,7 @@ def _status_check(condition: str) -> None:
 
 def upgrade() -> None:
     _status_check(STATUSES_AFTER)
-    op.add_column("messages", sa.Column("deliver_at", sa.DateTime(timezone=True)))
+    op.add_column("messages", sa.Column("deliver_at", TIMESTAMP))
     op.create_index("ix_messages_status_available_at", "messages", ["status", "available_at"])
     tallies = sa.table(
         "message_tallies",

@@ -8,6 +8,8 @@ Create Date: 2026-11-30
 import sqlalchemy as sa
 from alembic import op
 
+from app.mysql import TIMESTAMP, table_options
+
 revision = "security_0001"
 down_revision = "0002"
 branch_labels = None
@@ -15,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    timestamp = sa.DateTime(timezone=True)
+    timestamp = TIMESTAMP
     op.create_table(
         "api_keys",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
@@ -27,6 +29,7 @@ def upgrade() -> None:
         sa.Column("created_at", timestamp, nullable=False),
         sa.Column("revoked_at", timestamp),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+        **table_options(op.get_bind()),
     )
 
 

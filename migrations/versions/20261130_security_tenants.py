@@ -13,6 +13,8 @@ Create Date: 2026-11-30
 import sqlalchemy as sa
 from alembic import op
 
+from app.mysql import TIMESTAMP, table_options
+
 revision = "security_0002"
 down_revision = "concurrency_0001"
 branch_labels = None
@@ -40,6 +42,7 @@ def _tallies(name: str, *, with_tenant: bool) -> None:
         sa.Column("shard", sa.Integer(), nullable=False, autoincrement=False),
         sa.Column("value", sa.BigInteger(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint(*key, name=_primary_key(with_tenant, "message_tallies")),
+        **table_options(op.get_bind()),
     )
 
 
@@ -52,8 +55,9 @@ def _idempotency_keys(name: str, *, with_tenant: bool) -> None:
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("message_id", big_id, nullable=False),
         *([sa.Column("batch_ids", sa.JSON())] if with_tenant else []),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint(*key, name=_primary_key(with_tenant, "idempotency_keys")),
+        **table_options(op.get_bind()),
     )
 
 
