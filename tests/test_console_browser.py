@@ -84,15 +84,34 @@ def by_id(driver: object, element_id: str) -> object:
     return driver.find_element(By.ID, element_id)
 
 
-def follow(driver: object, element: object) -> None:
-    """Click what loads a new page, and wait until that page has replaced this one."""
+def follow(driver: object, by: str, value: str) -> None:
+    """Click what loads a new page, and wait until that page has replaced this one.
+
+    The element is found once the page has loaded; a click on one that the page
+    detached meanwhile did nothing, and is tried again.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
+    wait = WebDriverWait(driver, 30)
+    wait.until(lambda page: page.execute_script("return document.readyState") == "complete")
     old_page = driver.find_element(By.TAG_NAME, "html")
-    element.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old_page))
+
+    def clicked(page: object) -> bool:
+        try:
+            page.find_element(by, value).click()
+        except StaleElementReferenceException:
+            return False
+        except WebDriverException as error:
+            if "does not belong to the document" not in str(error):
+                raise
+            return False
+        return True
+
+    wait.until(clicked)
+    wait.until(expected_conditions.staleness_of(old_page))
 
 
 def shoot(driver: object, name: str) -> None:
@@ -102,7 +121,7 @@ def shoot(driver: object, name: str) -> None:
 def log_in(driver: object, console: str, key: str) -> None:
     driver.get(f"{console}/login")
     by_id(driver, "api_key").send_keys(key)
-    follow(driver, by_id(driver, "login"))
+    follow(driver, "id", "login")
     wait_for(lambda: driver.current_url.rstrip("/") == console, what="the overview")
 
 
@@ -143,13 +162,13 @@ def test_log_in_filter_open_and_retry_a_failed_message(
     shoot(browser, "overview")
     browser.get(f"{console}/messages")
     Select(by_id(browser, "status-filter")).select_by_value("failed")
-    follow(browser, by_id(browser, "filter"))
+    follow(browser, "id", "filter")
     rows = by_id(browser, "messages").text
     assert "to retry from the console" in rows and "waiting for later" not in rows
     shoot(browser, "messages-failed")
-    follow(browser, browser.find_element("link text", str(message_id)))
+    follow(browser, "link text", str(message_id))
     assert status_shown(browser) == "failed"
-    follow(browser, by_id(browser, "retry"))
+    follow(browser, "id", "retry")
     assert "retried" in by_id(browser, "done").text
 
     def completed() -> bool:
@@ -173,10 +192,10 @@ def test_cancel_a_scheduled_message_and_go_to_it_by_id(
     log_in(browser, console, app_key(worker_app))
     browser.get(f"{console}/messages")
     by_id(browser, "go").send_keys(str(message_id))
-    follow(browser, by_id(browser, "go-button"))
+    follow(browser, "id", "go-button")
     assert status_shown(browser) == "pending"
     assert by_id(browser, "field-deliver_at").text != "—"
-    follow(browser, by_id(browser, "cancel"))
+    follow(browser, "id", "cancel")
     assert status_shown(browser) == "cancelled"
     assert worker_client.get(f"/messages/{message_id}").get_json()["status"] == "cancelled"
     shoot(browser, "message-cancelled")
@@ -189,9 +208,9 @@ def test_bulk_redrive_asks_for_confirmation(
     log_in(browser, console, app_key(worker_app))
     browser.get(f"{console}/redrive")
     browser.execute_script("document.getElementById('since').value = '2020-01-01T00:00'")
-    follow(browser, by_id(browser, "review"))
+    follow(browser, "id", "review")
     assert all(worker_client.get(f"/messages/{i}").get_json()["status"] == "failed" for i in ids)
-    follow(browser, by_id(browser, "confirm"))
+    follow(browser, "id", "confirm")
     assert by_id(browser, "redriven").text.startswith("2 message")
     shoot(browser, "redrive-done")
     wait_for(
@@ -268,7 +287,7 @@ def test_filter_messages_by_created_time(
         "document.getElementById('since').value = '2020-03-01T10:00';"
         "document.getElementById('until').value = '2020-03-01T11:00';"
     )
-    follow(browser, by_id(browser, "filter"))
+    follow(browser, "id", "filter")
     rows = by_id(browser, "messages").text
     assert "from 2020" in rows and "from today" not in rows
     assert by_id(browser, "since").get_attribute("value").startswith("2020-03-01T10:00")
@@ -277,7 +296,7 @@ def test_filter_messages_by_created_time(
 
 def test_logout_ends_the_session(browser: object, console: str, worker_app: Flask) -> None:
     log_in(browser, console, app_key(worker_app))
-    follow(browser, by_id(browser, "logout"))
+    follow(browser, "id", "logout")
     wait_for(lambda: browser.current_url.endswith("/console/login"), what="the login page")
     browser.get(f"{console}/messages")
     assert browser.current_url.endswith("/console/login")
