@@ -1,7 +1,7 @@
 """Bulk inserts of messages straight into the database, with the tallies kept true.
 
 One ``INSERT ... SELECT`` per chunk generates the rows inside the database (a
-recursive CTE on SQLite, ``generate_series`` on PostgreSQL), which fills a
+recursive CTE on SQLite, MySQL and MariaDB, ``generate_series`` on PostgreSQL), which fills a
 million rows in seconds. Row ``n`` gets its status from ``n % 100``: the first
 ``completed`` percent are completed, the next ``failed`` percent failed, the
 rest pending; all belong to the default tenant. The status tallies move by the
@@ -21,14 +21,30 @@ from app import tallies
 from app.database import write_transaction
 from app.models import DEFAULT_TENANT, Message, MessageStatus
 
-CONTENT = "'benchmark message ' || n || ': the quick brown fox jumps over the lazy dog'"
+# The SQL pieces of a row's content and result, joined by each dialect's concatenation.
+CONTENT = ("'benchmark message '", "n", "': the quick brown fox jumps over the lazy dog'")
 RESULT = (
-    '\'{"characters": 61, "bytes": 61, "words": 11, "lines": 1, "sha256": "\' || '
-    'DIGEST || \'", "normalized": "benchmark message \' || n || '
-    "': the quick brown fox jumps over the lazy dog\"}'"
+    '\'{"characters": 61, "bytes": 61, "words": 11, "lines": 1, "sha256": "\'',
+    "DIGEST",
+    '\'", "normalized": "benchmark message \'',
+    "n",
+    "': the quick brown fox jumps over the lazy dog\"}'",
 )
+MYSQL = {
+    # MySQL and MariaDB put the WITH clause after INSERT, and join text with CONCAT.
+    "with_after_insert": True,
+    "prefix": "WITH RECURSIVE seq(n) AS "
+    "(SELECT CAST(:first AS UNSIGNED) UNION ALL SELECT n + 1 FROM seq WHERE n < :last) ",
+    "source": "seq",
+    "at": "DATE_SUB(CAST(:base AS DATETIME(6)), "
+    "INTERVAL CAST((:total - n) * :spacing * 1000000 AS SIGNED) MICROSECOND)",
+    "digest": "CONCAT(MD5(n), MD5(n + 1))",
+    "json": "{}",
+    "concat": "CONCAT({})",
+}
 # Per dialect: the row source, a timestamp ``(total - n) * spacing`` seconds before
-# ``base``, a random-looking SHA-256 hex digest, and how a text becomes JSON.
+# ``base``, a random-looking SHA-256 hex digest, how a text becomes JSON, and how
+# texts are joined.
 DIALECTS = {
     "sqlite": {
         "prefix": "WITH RECURSIVE seq(n) AS "
@@ -38,6 +54,7 @@ DIALECTS = {
         " || '000'",
         "digest": "lower(hex(randomblob(32)))",
         "json": "{}",
+        "concat": "{}",
     },
     "postgresql": {
         "prefix": "",
@@ -45,8 +62,16 @@ DIALECTS = {
         "at": "CAST(:base AS timestamptz) - (:total - n) * :spacing * interval '1 second'",
         "digest": "md5(n::text) || md5((n + 1)::text)",
         "json": "CAST({} AS json)",
+        "concat": "{}",
     },
+    "mysql": MYSQL,
+    "mariadb": MYSQL,
 }
+
+
+def _joined(parts: dict[str, object], pieces: tuple[str, ...]) -> str:
+    separator = ", " if parts["concat"] != "{}" else " || "
+    return str(parts["concat"]).format(separator.join(pieces))
 
 
 @dataclass(frozen=True)
@@ -64,7 +89,7 @@ def insert_statement(dialect: str) -> str:
     done, finished = "n % 100 < :completed", "n % 100 < :finished"
     columns = {
         "tenant": f"'{DEFAULT_TENANT}'",
-        "content": CONTENT,
+        "content": _joined(parts, CONTENT),
         "status": f"CASE WHEN {done} THEN 'completed' WHEN {finished} THEN 'failed' "
         "ELSE 'pending' END",
         "attempts": f"CASE WHEN {done} THEN 1 WHEN {finished} THEN 5 ELSE 0 END",
@@ -76,13 +101,16 @@ def insert_statement(dialect: str) -> str:
         "last_error": f"CASE WHEN NOT ({done}) AND {finished} "
         "THEN 'PermanentProcessingError: rejected by the benchmark' END",
         "result": f"CASE WHEN {done} THEN "
-        + parts["json"].format(RESULT.replace("DIGEST", parts["digest"]))
+        + parts["json"].format(
+            _joined(parts, tuple(parts["digest"] if p == "DIGEST" else p for p in RESULT))
+        )
         + " END",
     }
-    return (
-        f"{parts['prefix']}INSERT INTO messages ({', '.join(columns)}) "
-        f"SELECT {', '.join(columns.values())} FROM {parts['source']}"
-    )
+    insert = f"INSERT INTO messages ({', '.join(columns)}) "
+    select = f"SELECT {', '.join(columns.values())} FROM {parts['source']}"
+    if parts.get("with_after_insert"):
+        return f"{insert}{parts['prefix']}{select}"
+    return f"{parts['prefix']}{insert}{select}"
 
 
 def insert_messages(
@@ -97,13 +125,23 @@ def insert_messages(
     base = datetime.now(UTC)
     inserted: dict[str, int] = {}
     with app.app_context():
-        dialect = app.extensions["sqlalchemy"].engine.dialect.name
+        engine_dialect = app.extensions["sqlalchemy"].engine.dialect
+        dialect = engine_dialect.name
         statement = text(insert_statement(dialect))
-        # SQLite keeps naive UTC text; PostgreSQL takes the aware datetime.
-        base_value = base.replace(tzinfo=None).isoformat(" ") if dialect == "sqlite" else base
+        # MySQL (not MariaDB) stops a recursive CTE at 1,000 rows unless told otherwise.
+        setup = (
+            f"SET SESSION cte_max_recursion_depth = {chunk + 1}"
+            if getattr(engine_dialect, "is_mariadb", True) is False
+            else None
+        )
+        # SQLite and MySQL keep naive UTC; PostgreSQL takes the aware datetime.
+        naive = base.replace(tzinfo=None).isoformat(" ")
+        base_value = base if dialect == "postgresql" else naive
         for first in range(1, count + 1, chunk):
             last = min(first + chunk - 1, count)
-            counts = _insert_chunk(statement, first, last, count, mix, spacing_seconds, base_value)
+            counts = _insert_chunk(
+                statement, first, last, count, mix, spacing_seconds, base_value, setup
+            )
             for status, number in counts.items():
                 inserted[status] = inserted.get(status, 0) + number
             if progress is not None:
@@ -119,6 +157,7 @@ def _insert_chunk(
     mix: StatusMix,
     spacing: float,
     base: object,
+    setup: str | None,
 ) -> dict[str, int]:
     params = {
         "first": first,
@@ -130,6 +169,8 @@ def _insert_chunk(
         "base": base,
     }
     with write_transaction() as connection:
+        if setup is not None:
+            connection.exec_driver_sql(setup)
         before = connection.execute(select(func.coalesce(func.max(Message.id), 0))).scalar()
         connection.execute(statement, params)
         counts = dict(

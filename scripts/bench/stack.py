@@ -108,7 +108,7 @@ def _run_admin(url: str, *statements: str) -> None:
 
 
 class Database:
-    """The database of one run: a SQLite file in ``directory``, or a fresh PostgreSQL one."""
+    """The database of one run: a SQLite file in ``directory``, or a fresh server database."""
 
     def __init__(self, requested_url: str, directory: Path) -> None:
         url = make_url(normalise_database_url(requested_url or "sqlite://"))
@@ -116,21 +116,29 @@ class Database:
         if self.kind == "sqlite":
             self.url = f"sqlite:///{directory / 'messages.db'}"
             self._admin_url = None
-        elif self.kind == "postgresql":
-            admin = url if url.database != BENCH_DATABASE else url.set(database="postgres")
+        elif self.kind in ("postgresql", "mysql", "mariadb"):
+            server_database = "postgres" if self.kind == "postgresql" else "mysql"
+            admin = url if url.database != BENCH_DATABASE else url.set(database=server_database)
             self._admin_url = admin.render_as_string(hide_password=False)
             self.url = url.set(database=BENCH_DATABASE).render_as_string(hide_password=False)
         else:
-            raise SystemExit(f"The bench runs on SQLite or PostgreSQL, not {self.kind}")
+            raise SystemExit(
+                f"The bench runs on SQLite, PostgreSQL, MySQL or MariaDB, not {self.kind}"
+            )
+
+    def _drop_statement(self) -> str:
+        if self.kind == "postgresql":
+            return f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)'
+        return f"DROP DATABASE IF EXISTS `{BENCH_DATABASE}`"
 
     def create(self) -> None:
         if self._admin_url:
-            drop = f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)'
-            _run_admin(self._admin_url, drop, f'CREATE DATABASE "{BENCH_DATABASE}"')
+            quoted = f'"{BENCH_DATABASE}"' if self.kind == "postgresql" else f"`{BENCH_DATABASE}`"
+            _run_admin(self._admin_url, self._drop_statement(), f"CREATE DATABASE {quoted}")
 
     def drop(self) -> None:
         if self._admin_url:
-            _run_admin(self._admin_url, f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+            _run_admin(self._admin_url, self._drop_statement())
 
     def describe(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
