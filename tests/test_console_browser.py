@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,28 +90,30 @@ def follow(driver: object, by: str, value: str) -> None:
     The element is found once the page has loaded; a click on one that the page
     detached meanwhile did nothing, and is tried again.
     """
-    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(driver, 30)
     wait.until(lambda page: page.execute_script("return document.readyState") == "complete")
     old_page = driver.find_element(By.TAG_NAME, "html")
+    wait.until(lambda page: _done(lambda: page.find_element(by, value).click()))
+    wait.until(lambda _page: not _done(old_page.is_enabled))
 
-    def clicked(page: object) -> bool:
-        try:
-            page.find_element(by, value).click()
-        except StaleElementReferenceException:
-            return False
-        except WebDriverException as error:
-            if "does not belong to the document" not in str(error):
-                raise
-            return False
-        return True
 
-    wait.until(clicked)
-    wait.until(expected_conditions.staleness_of(old_page))
+def _done(action: Callable[[], object]) -> bool:
+    """Whether ``action`` ran; False when its element was detached from the page."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        action()
+    except StaleElementReferenceException:
+        return False
+    except WebDriverException as error:
+        # Chromium's answer for a node of a page being replaced, instead of a stale element.
+        if "does not belong to the document" not in str(error):
+            raise
+        return False
+    return True
 
 
 def shoot(driver: object, name: str) -> None:
@@ -172,13 +174,9 @@ def test_log_in_filter_open_and_retry_a_failed_message(
     assert "retried" in by_id(browser, "done").text
 
     def completed() -> bool:
-        from selenium.common.exceptions import StaleElementReferenceException
-
         browser.refresh()
-        try:
-            return status_shown(browser) == "completed"
-        except StaleElementReferenceException:  # the refreshed page was still replacing it
-            return False
+        shown: list[str] = []  # empty when the refreshed page was still replacing the last
+        return _done(lambda: shown.append(status_shown(browser))) and shown == ["completed"]
 
     wait_for(completed, timeout=30, interval=0.3, what="the retried message to complete")
     assert '"characters"' in by_id(browser, "result").text
