@@ -95,6 +95,8 @@ def test_every_route_but_the_probes_refuses_a_caller_without_a_key(app: Flask, c
                 checked += 1
     assert checked >= 6
     assert_unauthorized(anonymous.get("/no/such/route"), invalid=False)
+    assert anonymous.get("/docs").status_code == 308  # to the open /docs/
+    assert_unauthorized(anonymous.get("/messages/"), invalid=False)
     assert _count(app) == 0
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from app.api.body_deadline import read_body
 from app.api.errors import APIError
@@ -123,8 +125,15 @@ class Guard:
         route = (environ["REQUEST_METHOD"], environ.get("PATH_INFO"))
         if route in self._fixed_routes:
             return self._fixed_routes[route]
+        adapter = self._url_map.bind_to_environ(environ)
         try:
-            endpoint, arguments = self._url_map.bind_to_environ(environ).match()
+            endpoint, arguments = adapter.match()
+        except RequestRedirect as redirect:
+            # /docs -> /docs/: the redirect is answered as its target is (open, or not).
+            try:
+                endpoint, arguments = adapter.match(urlsplit(redirect.new_url).path)
+            except HTTPException:
+                return _UNMATCHED
         except HTTPException:
             return _UNMATCHED
         requirement = self._requirements.get(endpoint)
