@@ -237,6 +237,12 @@ def test_large_results_and_pages_leave_the_web_worker_bounded(stack: HostileStac
 
 
 def test_every_accepted_message_is_processed_once(stack: HostileStack) -> None:
+    def settled(key: str) -> bool:
+        stats = stack.json("GET", "/messages/stats", key=key)
+        return stats["pending"] == stats["processing"] == 0
+
+    # Another test's messages still in flight would count as processed more than once.
+    wait_for(lambda: settled("acme") and settled("globex"), timeout=120, interval=0.5)
     before = {key: stack.json("GET", "/messages/stats", key=key) for key in ("acme", "globex")}
 
     def post(number: int) -> int:
