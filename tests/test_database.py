@@ -86,7 +86,7 @@ def _switch_when_released(path: str, barrier: Any, outcomes: Any) -> None:
         enable_wal(connection, 5.0)
         outcomes.put(connection.execute("PRAGMA journal_mode").fetchone()[0])
         connection.close()
-    except sqlite3.Error as error:
+    except Exception as error:  # reported, so that the test names it rather than waits
         outcomes.put(repr(error))
 
 
